@@ -1,0 +1,107 @@
+"""The ``maskfeat`` command line: one entry point, one sub-command per job.
+
+    maskfeat pretrain  -c CONFIG.yaml [key=value ...]
+    maskfeat visualize -c CONFIG.yaml [key=value ...]
+    maskfeat export    CHECKPOINT OUT_DIR
+
+Errors print one line (``maskfeat: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {
+    "pretrain": "MaskFeat pre-training: predict the HOG of masked patches (writes encoder.safetensors)",
+    "visualize": "draw input, masked input, HOG target and predicted HOG for a pre-training checkpoint",
+}
+
+EPILOG = """overrides are dotted keys into the config, e.g. train.epochs=1 data.path=/data/train output_dir=runs/x.
+Run 'maskfeat {cmd} --keys' to list every key with its default."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="maskfeat",
+        description="MaskFeat: masked feature prediction "
+        "for self-supervised visual pre-training (Wei et al., CVPR 2022).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG.format(cmd=name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("-c", "--config", metavar="CONFIG.yaml", help="YAML file of overrides to the defaults")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+        p.add_argument("--keys", action="store_true", help="print every config key with its value and exit")
+        p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = sub.add_parser(
+        "export",
+        help="write encoder.safetensors + encoder.json (timm) from a checkpoint",
+        description="Write encoder.safetensors + encoder.json (loadable by timm.create_model) "
+        "from any maskfeat checkpoint.",
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-*.pt or encoder.safetensors")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _version() -> str:
+    from maskfeat import __version__
+
+    return __version__
+
+
+def _run(args: argparse.Namespace) -> int:
+    from maskfeat.tracking import setup_logging
+
+    setup_logging(args.debug)
+    if args.command == "export":
+        from maskfeat.checkpoint import export
+
+        export(args.checkpoint, args.out_dir)
+        print(f"wrote {args.out_dir}/encoder.safetensors and {args.out_dir}/encoder.json")
+        return 0
+
+    from maskfeat.config import load_config, to_yaml
+
+    cfg = load_config(args.command, args.config, args.overrides)
+    if args.keys:
+        print(to_yaml(cfg), end="")
+        return 0
+    if args.command == "pretrain":
+        from maskfeat.pretrain import run_pretrain
+
+        run_pretrain(cfg)
+    elif args.command == "visualize":
+        from maskfeat.visualize import run_visualize
+
+        run_visualize(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("maskfeat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; the traceback with --debug
+        if getattr(args, "debug", False):
+            raise
+        from maskfeat.engine import NonFiniteLossError
+
+        expected = isinstance(e, (ValueError, OSError, NonFiniteLossError))
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not expected:
+            message = f"{type(e).__name__}: {message} (run with --debug for the traceback)"
+        print(f"maskfeat: error: {message}", file=sys.stderr)
+        return 2

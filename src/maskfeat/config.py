@@ -1,0 +1,267 @@
+"""One typed config tree for every command: defaults in code, YAML files hold overrides, then ``key=value``.
+
+The tree is a set of dataclasses; OmegaConf type-checks every value. ``load_config`` merges, in order:
+the code defaults, the command's own defaults (``COMMAND_DEFAULTS``), the YAML file, the command line.
+Unknown keys and bad values raise :class:`ConfigError` with a one-line message that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, reported to the user as one line."""
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # image folder (class sub-folders or flat); None = the embedded sample images
+    val_path: str | None = None  # labeled folder for evaluation (finetune / linprobe / evaluate)
+    image_size: int = 224  # side of the square training crop, pixels
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # RandomResizedCrop area range
+    hflip: float = 0.5  # horizontal flip probability
+    num_workers: int = -1  # data-loader worker processes; -1 = min(8, CPU cores)
+    max_bad_fraction: float = 0.05  # stop when more than this fraction of samples could not be decoded
+    sample_images: int = 512  # size of the embedded sample data set (used when data.path is null)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_base_patch16_224"  # timm ViT architecture (vit_{tiny,small,base,large}_patch16_224, ...)
+    patch_size: int | None = None  # None = the architecture's own
+    embed_dim: int | None = None  # None = the architecture's own
+    depth: int | None = None  # None = the architecture's own
+    num_heads: int | None = None  # None = the architecture's own
+    drop_path: float = 0.0  # stochastic depth rate (0 for pre-training, as the official recipe)
+    checkpoint: str | None = None  # weights to start from: checkpoint-*.pt or encoder.safetensors
+    grad_checkpointing: bool = False  # activation checkpointing: less memory, ~30% more compute
+
+
+@dataclass
+class TargetConfig:
+    name: str = "hog"  # hog | pixel
+    nbins: int = 9  # HOG orientation bins (unsigned, 0..pi)
+    cell_size: int = 8  # HOG cell side, pixels
+    gaussian_window: int = 0  # HOG Gaussian spatial window; 0 = off (official)
+    norm_pix: bool = True  # pixel target: normalise each patch by its own mean/std (MAE norm_pix_loss)
+
+
+@dataclass
+class MaskConfig:
+    type: str = "block"  # block (BEiT-style) | random
+    ratio: float = 0.4  # fraction of patch tokens replaced by [MASK]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 300  # passes over the data set
+    warmup_epochs: float = 30.0  # linear warm-up length, in epochs
+    batch_size: int = 64  # images per process per forward pass
+    accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
+    lr: float | None = None  # peak learning rate; None = blr * total_batch / 256
+    blr: float = 2e-4  # base learning rate for a total batch of 256
+    min_lr: float = 1e-6  # learning rate at the end of the cosine schedule
+    warmup_lr: float = 1e-6  # learning rate at the start of the warm-up
+    weight_decay: float = 0.05  # AdamW weight decay (never on 1-D params, pos_embed, cls/mask tokens)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    clip_grad: float | None = 0.02  # max global gradient L2 norm; null = no clipping
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    compile: bool = False  # torch.compile the model
+    log_every: int = 20  # optimizer steps between log lines / metrics.jsonl rows
+    checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = only at epoch ends)
+    keep_checkpoints: int = 1  # numbered step checkpoints kept besides checkpoint-last.pt
+    max_steps: int = 0  # stop after this many optimizer steps (0 = the full schedule); for smoke tests
+
+
+@dataclass
+class VisualizeConfig:
+    num_images: int = 8  # images drawn by `maskfeat visualize`
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    output_dir: str = "runs/maskfeat"  # where config.yaml, metrics.jsonl, checkpoints and weights go
+    seed: int = 0  # makes a CPU run bit-for-bit repeatable
+    device: str = "auto"  # auto (CUDA when present, else CPU) | cpu | cuda | cuda:N
+    world_size: int = 1  # recorded by the run (number of processes); not an input
+
+
+# Per-command defaults, applied over the dataclass defaults and under the user's file.
+COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pretrain": {"output_dir": "runs/pretrain"},
+    "visualize": {"output_dir": "runs/visualize", "data": {"num_workers": 0}},
+}
+
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+TARGETS = ("hog", "pixel")
+MASK_TYPES = ("block", "random")
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    """All dotted leaf keys of a nested dict / DictConfig."""
+    keys: list[str] = []
+    items = node.items() if isinstance(node, dict) else node.items_ex(resolve=False)
+    for k, v in items:
+        path = f"{prefix}{k}"
+        if isinstance(v, (dict, DictConfig)):
+            keys.extend(_flat_keys(v, path + "."))
+        else:
+            keys.append(path)
+    return keys
+
+
+def valid_keys() -> list[str]:
+    return _flat_keys(OmegaConf.structured(Config))
+
+
+def _check_keys(user: dict, source: str) -> None:
+    """Raise ConfigError for the first key of ``user`` that the tree does not have, with the nearest valid keys."""
+    valid = valid_keys()
+    sections = {k.split(".")[0] for k in valid}
+    for key in _flat_keys(user):
+        if key in valid:
+            continue
+        if key in sections:
+            raise ConfigError(f"{source}: '{key}' is a section, give one of its keys (e.g. {key}.<name>=...)")
+        near = [k for k in valid if k.endswith("." + key)] or _nearest(key, valid)
+        if not near:  # fall back to the keys of the same section
+            head = key.split(".")[0]
+            near = [k for k in valid if k.startswith(head + ".")][:6]
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; valid sections: {', '.join(sorted(sections))}"
+        raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+
+
+def _nearest(key: str, valid: list[str]) -> list[str]:
+    """Up to three valid keys close to ``key``, keeping only those nearly as close as the best one."""
+    scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in valid), reverse=True)
+    best = scored[0][0] if scored else 0.0
+    return [k for r, k in scored[:3] if r >= 0.6 and r >= best - 0.08]
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=1)")
+        try:
+            part = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"cannot parse override '{item}': {_first_line(e)}") from None
+        out = OmegaConf.to_container(OmegaConf.merge(out, part))
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_config(command: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Build the resolved, validated config of ``command`` from defaults, an optional YAML file and overrides."""
+    cfg = OmegaConf.structured(Config)
+    layers: list[tuple[str, dict]] = [("defaults", COMMAND_DEFAULTS.get(command, {}))]
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file not found: {config_file}")
+        try:
+            file_cfg = OmegaConf.to_container(OmegaConf.load(config_file))
+        except Exception as e:  # yaml.YAMLError and friends
+            raise ConfigError(f"cannot read config file {config_file}: {_first_line(e)}") from None
+        if file_cfg is None:
+            file_cfg = {}
+        if not isinstance(file_cfg, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping of keys, not {type(file_cfg).__name__}")
+        layers.append((config_file, file_cfg))
+    layers.append(("command line", _parse_overrides(overrides or [])))
+    for source, layer in layers:
+        _check_keys(layer, source)
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            raise ConfigError(f"{source}: invalid value for '{key}': {_first_line(e)}") from None
+    validate(cfg, command)
+    return cfg
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: DictConfig, command: str) -> None:
+    """Check ranges and compatible sizes before any work starts."""
+    d, m, t, tr = cfg.data, cfg.model, cfg.target, cfg.train
+    _require(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
+    _require(
+        len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+        f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(d.crop_scale)}",
+    )
+    _require(0 <= d.hflip <= 1, f"data.hflip must be a probability in [0, 1], got {d.hflip}")
+    _require(0 <= d.max_bad_fraction <= 1, f"data.max_bad_fraction must be in [0, 1], got {d.max_bad_fraction}")
+    for key in ("path", "val_path"):
+        p = d[key]
+        _require(p is None or os.path.exists(p), f"data.{key} does not exist: {p}")
+    from maskfeat.models.vit import encoder_patch_size, known_architectures
+
+    _require(
+        m.name in known_architectures(),
+        f"model.name '{m.name}' is not a known ViT; choose one of {', '.join(known_architectures())}",
+    )
+    patch = encoder_patch_size(m.name, m.patch_size)
+    _require(patch > 0, f"model.patch_size must be positive, got {patch}")
+    _require(
+        d.image_size % patch == 0,
+        f"data.image_size={d.image_size} is not divisible by the patch size {patch} (model.patch_size)",
+    )
+    _require(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
+    _require(m.checkpoint is None or os.path.isfile(m.checkpoint), f"model.checkpoint not found: {m.checkpoint}")
+    _require(t.name in TARGETS, f"target.name must be one of {', '.join(TARGETS)}, got '{t.name}'")
+    if t.name == "hog":
+        _require(t.cell_size > 0 and t.nbins > 0, "target.cell_size and target.nbins must be positive")
+        _require(
+            patch % t.cell_size == 0,
+            f"patch size {patch} is not divisible by the HOG cell size target.cell_size={t.cell_size}",
+        )
+        if t.gaussian_window:
+            _require(
+                d.image_size % t.gaussian_window == 0,
+                f"data.image_size={d.image_size} is not divisible by target.gaussian_window={t.gaussian_window}",
+            )
+    _require(cfg.mask.type in MASK_TYPES, f"mask.type must be one of {', '.join(MASK_TYPES)}, got '{cfg.mask.type}'")
+    _require(0 < cfg.mask.ratio < 1, f"mask.ratio must be in (0, 1), got {cfg.mask.ratio}")
+    _require(tr.epochs > 0, f"train.epochs must be positive, got {tr.epochs}")
+    _require(tr.batch_size > 0, f"train.batch_size must be positive, got {tr.batch_size}")
+    _require(tr.accum_steps > 0, f"train.accum_steps must be positive, got {tr.accum_steps}")
+    _require(tr.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {tr.warmup_epochs}")
+    _require(tr.lr is None or tr.lr > 0, f"train.lr must be positive, got {tr.lr}")
+    _require(tr.blr > 0, f"train.blr must be positive, got {tr.blr}")
+    _require(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), "train.betas must be two numbers in [0, 1)")
+    _require(tr.clip_grad is None or tr.clip_grad > 0, f"train.clip_grad must be positive or null, got {tr.clip_grad}")
+    _require(tr.amp in AMP_CHOICES, f"train.amp must be one of {', '.join(AMP_CHOICES)}, got '{tr.amp}'")
+    _require(tr.log_every > 0, f"train.log_every must be positive, got {tr.log_every}")
+    _require(
+        tr.checkpoint_every >= 0 and tr.max_steps >= 0 and tr.keep_checkpoints >= 0,
+        "train.checkpoint_every, train.max_steps and train.keep_checkpoints must be >= 0",
+    )
+    dev = str(cfg.device)
+    _require(
+        dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
+        f"device must be auto, cpu, cuda or cuda:N, got '{dev}'",
+    )
+
+
+def to_yaml(cfg: DictConfig | ListConfig) -> str:
+    return OmegaConf.to_yaml(cfg)

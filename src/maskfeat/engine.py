@@ -1,0 +1,138 @@
+"""The training loop as plain functions: one epoch of MaskFeat pre-training.
+
+No host-device synchronisation per step: per-step losses stay on the device and are read once per logging
+interval (or before a checkpoint), where a non-finite value stops the run naming the exact step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class LoopOptions:
+    """How to run the loop (explicit arguments, no config object)."""
+
+    device: torch.device
+    steps_per_epoch: int  # optimizer steps in one epoch
+    accum_steps: int = 1  # batches per optimizer step
+    clip_grad: float | None = None  # max global gradient L2 norm
+    amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
+    log_every: int = 20  # optimizer steps between logging rows
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0 = epoch ends only)
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
+
+
+@dataclass
+class LoopStats:
+    """Counters carried across epochs."""
+
+    bad_images: int = 0  # samples that could not be decoded so far
+    seen_images: int = 0  # samples that reached the model so far
+    pending: list = field(default_factory=list)  # (step, loss tensor) not yet read back from the device
+    images_since_log: int = 0
+    time_since_log: float = field(default_factory=time.perf_counter)
+
+
+def _flush(stats: LoopStats) -> float:
+    """Read the pending per-step losses back (one sync); raise on the first non-finite one. Returns their mean."""
+    if not stats.pending:
+        return float("nan")
+    values = torch.stack([v for _, v in stats.pending]).float().cpu().tolist()
+    for (step, _), v in zip(stats.pending, values):
+        if not math.isfinite(v):
+            raise NonFiniteLossError(f"loss is {v} at step {step}: stopping (try a lower train.lr or train.amp=off)")
+    stats.pending.clear()
+    return sum(values) / len(values)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[dict],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler: torch.amp.GradScaler,
+    opts: LoopOptions,
+    epoch: int,
+    step: int,
+    stats: LoopStats,
+    on_log: Callable[[dict], None],
+    on_checkpoint: Callable[[int], None],
+) -> int:
+    """Train over ``loader`` (which yields collated batches with ``images`` and ``masks``) until the epoch's
+    last optimizer step. ``step`` is the number of optimizer steps done before; returns the new count.
+
+    ``on_log(row)`` receives ``{step, epoch, loss, lr, images_per_s, bad_images, grad_norm}`` every
+    ``log_every`` steps; ``on_checkpoint(step)`` is called when a checkpoint is due (losses checked first).
+    """
+    model.train()
+    end_step = (epoch + 1) * opts.steps_per_epoch
+    if opts.max_steps:
+        end_step = min(end_step, opts.max_steps)
+    micro = (step % opts.steps_per_epoch) * opts.accum_steps  # batches of this epoch consumed before
+    step_loss = torch.zeros((), device=opts.device)
+    grad_norm = None
+    for batch in loader:
+        if step >= end_step:
+            break
+        stats.bad_images += batch["num_bad"]
+        last_micro = micro % opts.accum_steps == opts.accum_steps - 1
+        if micro % opts.accum_steps == 0:
+            scheduler.step_update(step)  # set this optimizer step's learning rate
+        micro += 1
+        if batch["images"] is not None:
+            images = batch["images"].to(opts.device, non_blocking=True)
+            masks = batch["masks"].to(opts.device, non_blocking=True)
+            no_sync = getattr(model, "no_sync", None)
+            sync_ctx = no_sync() if (no_sync is not None and not last_micro) else contextlib.nullcontext()
+            with sync_ctx:
+                with torch.autocast(
+                    opts.device.type, dtype=opts.amp_dtype or torch.float32, enabled=opts.amp_dtype is not None
+                ):
+                    loss = model(images, masks)[0]
+                scaler.scale(loss / opts.accum_steps).backward()
+            step_loss += loss.detach() / opts.accum_steps
+            stats.seen_images += images.shape[0]
+            stats.images_since_log += images.shape[0]
+        if not last_micro:
+            continue
+        if opts.clip_grad:
+            scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        stats.pending.append((step, step_loss))
+        step_loss = torch.zeros((), device=opts.device)
+
+        checkpoint_due = step == end_step or (opts.checkpoint_every and step % opts.checkpoint_every == 0)
+        if step % opts.log_every == 0 or checkpoint_due:
+            loss_mean = _flush(stats)  # also guards every checkpoint against non-finite weights
+            now = time.perf_counter()
+            row = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss_mean,
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": stats.images_since_log / max(now - stats.time_since_log, 1e-9),
+                "bad_images": stats.bad_images,
+            }
+            if grad_norm is not None:
+                row["grad_norm"] = float(grad_norm)
+            on_log(row)
+            stats.images_since_log, stats.time_since_log = 0, now
+        if checkpoint_due:
+            on_checkpoint(step)
+    return step

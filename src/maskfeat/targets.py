@@ -1,0 +1,72 @@
+"""Regression targets behind one interface: a module mapping images to per-patch feature vectors.
+
+``target(x)`` takes the normalised images the model sees, ``(B, C, H, W)``, and returns float32
+``(B, N, target.dim)`` with N patches in row-major order, computed without gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from maskfeat.hog import HOG, hog_patch_targets
+
+
+class HOGTarget(nn.Module):
+    """Per-patch HOG features (MaskFeat's target): C * nbins * (patch // cell)^2 numbers a patch (108 for RGB/16/8)."""
+
+    def __init__(
+        self, patch_size: int, in_chans: int = 3, nbins: int = 9, cell_size: int = 8, gaussian_window: int = 0
+    ) -> None:
+        super().__init__()
+        self.patch_size, self.nbins, self.cell_size = patch_size, nbins, cell_size
+        self.hog = HOG(nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window)
+        self.dim = in_chans * nbins * (patch_size // cell_size) ** 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return hog_patch_targets(
+            x,
+            patch_size=self.patch_size,
+            nbins=self.nbins,
+            cell_size=self.cell_size,
+            gaussian_window=self.hog.gaussian_window,
+            hog=self.hog,
+        )
+
+
+class PixelTarget(nn.Module):
+    """Per-patch pixels, ``(p, p, C)`` flattened as MAE's ``patchify``; optionally normalised per patch (norm_pix)."""
+
+    def __init__(self, patch_size: int, in_chans: int = 3, norm_pix: bool = True):
+        super().__init__()
+        self.patch_size, self.norm_pix = patch_size, norm_pix
+        self.dim = in_chans * patch_size**2
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_size
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            b, c, h, w = x.shape
+            x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+            if self.norm_pix:
+                mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True)
+                x = (x - mean) / (var + 1e-6).sqrt()
+        return x
+
+
+def build_target(
+    name: str,
+    patch_size: int,
+    in_chans: int = 3,
+    nbins: int = 9,
+    cell_size: int = 8,
+    gaussian_window: int = 0,
+    norm_pix: bool = True,
+) -> nn.Module:
+    """The target module called ``name`` (``hog`` or ``pixel``)."""
+    if name == "hog":
+        return HOGTarget(patch_size, in_chans, nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window)
+    if name == "pixel":
+        return PixelTarget(patch_size, in_chans, norm_pix=norm_pix)
+    raise ValueError(f"unknown target '{name}' (hog, pixel)")

@@ -1,0 +1,90 @@
+"""The config tree: defaults, file, overrides; one-line errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskfeat.config import ConfigError, load_config, valid_keys
+
+
+def test_spec_keys_exist():
+    keys = set(valid_keys())
+    for key in (
+        "data.path",
+        "data.image_size",
+        "data.num_workers",
+        "model.name",
+        "train.epochs",
+        "train.batch_size",
+        "train.lr",
+        "mask.ratio",
+        "output_dir",
+        "seed",
+        "device",
+        "model.checkpoint",
+        "data.val_path",
+    ):
+        assert key in keys, key
+
+
+def test_layers_merge_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 7\n  batch_size: 3\nmask:\n  ratio: 0.5\n")
+    cfg = load_config("pretrain", str(f), ["train.epochs=2", "seed=5"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.mask.ratio, cfg.seed) == (2, 3, 0.5, 5)
+    assert cfg.output_dir == "runs/pretrain"  # the command's own default
+    assert cfg.train.blr == 2e-4 and cfg.train.clip_grad == 0.02  # the official recipe in code
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epoch=1", "unknown key 'train.epoch'; did you mean train.epochs"),
+        ("mask.ration=0.3", "did you mean mask.ratio"),
+        ("trian.lr=1", "unknown key 'trian.lr'; did you mean train.lr"),
+        ("train.epochs=abc", "invalid value for 'train.epochs'"),
+        ("train=3", "'train' is a section"),
+        ("data.image_size=100", "not divisible by the patch size 16"),
+        ("target.cell_size=6", "not divisible by the HOG cell size target.cell_size=6"),
+        ("mask.ratio=1.5", "mask.ratio must be in (0, 1)"),
+        ("model.name=resnet50", "model.name 'resnet50' is not a known ViT"),
+        ("data.path=/no/such/folder", "data.path does not exist: /no/such/folder"),
+        ("train.amp=fp8", "train.amp must be one of"),
+        ("epochs", "is not of the form key=value"),
+    ],
+)
+def test_bad_overrides_give_one_line_errors_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config("pretrain", None, [override])
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("model:\n  nmae: vit_small_patch16_224\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.nmae'; did you mean model.name"):
+        load_config("pretrain", str(f), [])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("pretrain", str(tmp_path / "nope.yaml"), [])
+    f = tmp_path / "broken.yaml"
+    f.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config("pretrain", str(f), [])
+    f.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config("pretrain", str(f), [])
+
+
+def test_shipped_configs_load(tmp_path):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("pretrain/*.yaml"))
+    assert files
+    for f in files:
+        cfg = load_config("pretrain", str(f), [f"data.path={tmp_path}"])
+        assert cfg.data.image_size % 16 == 0
