@@ -1,6 +1,9 @@
 """The ``maskfeat`` command line: one entry point, one sub-command per job.
 
     maskfeat pretrain  -c CONFIG.yaml [key=value ...]
+    maskfeat finetune  -c CONFIG.yaml [key=value ...]
+    maskfeat linprobe  -c CONFIG.yaml [key=value ...]
+    maskfeat evaluate  -c CONFIG.yaml [key=value ...]
     maskfeat visualize -c CONFIG.yaml [key=value ...]
     maskfeat export    CHECKPOINT OUT_DIR
 
@@ -14,6 +17,9 @@ import sys
 
 COMMANDS = {
     "pretrain": "MaskFeat pre-training: predict the HOG of masked patches (writes encoder.safetensors)",
+    "finetune": "fine-tune a (pre-trained) encoder for image classification; evaluates top-1/top-5 each epoch",
+    "linprobe": "linear probe: train a BatchNorm + linear head on the frozen encoder",
+    "evaluate": "top-1/top-5 of a finetune or linprobe checkpoint on data.val_path",
     "visualize": "draw input, masked input, HOG target and predicted HOG for a pre-training checkpoint",
 }
 
@@ -80,6 +86,10 @@ def _run(args: argparse.Namespace) -> int:
         from maskfeat.pretrain import run_pretrain
 
         run_pretrain(cfg)
+    elif args.command in ("finetune", "linprobe", "evaluate"):
+        from maskfeat import finetune
+
+        getattr(finetune, f"run_{args.command}")(cfg)
     elif args.command == "visualize":
         from maskfeat.visualize import run_visualize
 

@@ -30,6 +30,10 @@ class DataConfig:
     num_workers: int = -1  # data-loader worker processes; -1 = min(8, CPU cores)
     max_bad_fraction: float = 0.05  # stop when more than this fraction of samples could not be decoded
     sample_images: int = 512  # size of the embedded sample data set (used when data.path is null)
+    label_fraction: float = 1.0  # finetune / linprobe: train on this class-balanced fraction of the labels
+    auto_augment: str | None = None  # timm RandAugment spec for finetune, e.g. rand-m9-mstd0.5-inc1
+    reprob: float = 0.0  # random erasing probability (finetune)
+    crop_pct: float = 0.875  # evaluation: centre crop of the image resized to image_size / crop_pct
 
 
 @dataclass
@@ -41,6 +45,7 @@ class ModelConfig:
     num_heads: int | None = None  # None = the architecture's own
     drop_path: float = 0.0  # stochastic depth rate (0 for pre-training, as the official recipe)
     checkpoint: str | None = None  # weights to start from: checkpoint-*.pt or encoder.safetensors
+    head_init_std: float = 2e-5  # finetune / linprobe: std of the new classifier head's weights (small, as MAE)
     grad_checkpointing: bool = False  # activation checkpointing: less memory, ~30% more compute
 
 
@@ -69,7 +74,12 @@ class TrainConfig:
     blr: float = 2e-4  # base learning rate for a total batch of 256
     min_lr: float = 1e-6  # learning rate at the end of the cosine schedule
     warmup_lr: float = 1e-6  # learning rate at the start of the warm-up
+    optimizer: str = "adamw"  # adamw | lars (linear probing) | sgd
     weight_decay: float = 0.05  # AdamW weight decay (never on 1-D params, pos_embed, cls/mask tokens)
+    layer_decay: float | None = None  # layer-wise lr decay (finetune: 0.65 ViT-B, 0.75 ViT-L); null = off
+    mixup: float = 0.0  # Mixup alpha (finetune 0.8); 0 = off
+    cutmix: float = 0.0  # CutMix alpha (finetune 1.0); 0 = off
+    label_smoothing: float = 0.0  # (finetune 0.1)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     clip_grad: float | None = 0.02  # max global gradient L2 norm; null = no clipping
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
@@ -100,12 +110,29 @@ class Config:
 
 
 # Per-command defaults, applied over the dataclass defaults and under the user's file.
+_FINETUNE = {  # the MAE/MaskFeat end-to-end fine-tuning recipe (ViT-B: 100 epochs, layer decay 0.65)
+    "output_dir": "runs/finetune",
+    "data": {"crop_scale": [0.08, 1.0], "auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25},
+    "model": {"drop_path": 0.1},
+    "train": {"epochs": 100, "warmup_epochs": 5, "batch_size": 128, "blr": 5e-4, "layer_decay": 0.65,
+              "clip_grad": None, "mixup": 0.8, "cutmix": 1.0, "label_smoothing": 0.1, "checkpoint_every": 0},
+}  # fmt: skip
+_LINPROBE = {  # the MAE linear-probing recipe: frozen encoder, BatchNorm (no affine) + linear head, LARS
+    "output_dir": "runs/linprobe",
+    "data": {"crop_scale": [0.08, 1.0]},
+    "train": {"epochs": 90, "warmup_epochs": 10, "batch_size": 256, "blr": 0.1, "optimizer": "lars",
+              "weight_decay": 0.0, "clip_grad": None, "checkpoint_every": 0},
+}  # fmt: skip
 COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"output_dir": "runs/pretrain"},
+    "finetune": _FINETUNE,
+    "linprobe": _LINPROBE,
+    "evaluate": {"output_dir": "runs/evaluate"},
     "visualize": {"output_dir": "runs/visualize", "data": {"num_workers": 0}},
 }
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+OPTIMIZERS = ("adamw", "lars", "sgd")
 TARGETS = ("hog", "pixel")
 MASK_TYPES = ("block", "random")
 
@@ -250,6 +277,21 @@ def validate(cfg: DictConfig, command: str) -> None:
     _require(tr.blr > 0, f"train.blr must be positive, got {tr.blr}")
     _require(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), "train.betas must be two numbers in [0, 1)")
     _require(tr.clip_grad is None or tr.clip_grad > 0, f"train.clip_grad must be positive or null, got {tr.clip_grad}")
+    _require(
+        tr.optimizer in OPTIMIZERS, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got '{tr.optimizer}'"
+    )
+    _require(
+        tr.layer_decay is None or 0 < tr.layer_decay <= 1, f"train.layer_decay must be in (0, 1], got {tr.layer_decay}"
+    )
+    _require(tr.mixup >= 0 and tr.cutmix >= 0, "train.mixup and train.cutmix must be >= 0")
+    _require(0 <= tr.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {tr.label_smoothing}")
+    _require(0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")
+    _require(0 <= d.reprob <= 1, f"data.reprob must be in [0, 1], got {d.reprob}")
+    _require(0 < d.crop_pct <= 1, f"data.crop_pct must be in (0, 1], got {d.crop_pct}")
+    if command == "evaluate":
+        _require(m.checkpoint is not None, "evaluate needs model.checkpoint=... (a finetune or linprobe checkpoint)")
+    if command in ("evaluate",):
+        _require(d.val_path is not None, f"{command} needs data.val_path=... (a folder of class sub-folders)")
     _require(tr.amp in AMP_CHOICES, f"train.amp must be one of {', '.join(AMP_CHOICES)}, got '{tr.amp}'")
     _require(tr.log_every > 0, f"train.log_every must be positive, got {tr.log_every}")
     _require(

@@ -67,11 +67,13 @@ def train_one_epoch(
     epoch: int,
     step: int,
     stats: LoopStats,
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor],
     on_log: Callable[[dict], None],
     on_checkpoint: Callable[[int], None],
 ) -> int:
-    """Train over ``loader`` (which yields collated batches with ``images`` and ``masks``) until the epoch's
-    last optimizer step. ``step`` is the number of optimizer steps done before; returns the new count.
+    """Train over ``loader`` until the epoch's last optimizer step. ``step`` is the number of optimizer steps done
+    before; returns the new count. ``loss_fn(model, batch)`` returns the loss of a collated batch whose tensors
+    (``images``, ``labels``, ``masks``) are already on the device.
 
     ``on_log(row)`` receives ``{step, epoch, loss, lr, images_per_s, bad_images, grad_norm}`` every
     ``log_every`` steps; ``on_checkpoint(step)`` is called when a checkpoint is due (losses checked first).
@@ -92,19 +94,18 @@ def train_one_epoch(
             scheduler.step_update(step)  # set this optimizer step's learning rate
         micro += 1
         if batch["images"] is not None:
-            images = batch["images"].to(opts.device, non_blocking=True)
-            masks = batch["masks"].to(opts.device, non_blocking=True)
+            batch = {k: v.to(opts.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             no_sync = getattr(model, "no_sync", None)
             sync_ctx = no_sync() if (no_sync is not None and not last_micro) else contextlib.nullcontext()
             with sync_ctx:
                 with torch.autocast(
                     opts.device.type, dtype=opts.amp_dtype or torch.float32, enabled=opts.amp_dtype is not None
                 ):
-                    loss = model(images, masks)[0]
+                    loss = loss_fn(model, batch)
                 scaler.scale(loss / opts.accum_steps).backward()
             step_loss += loss.detach() / opts.accum_steps
-            stats.seen_images += images.shape[0]
-            stats.images_since_log += images.shape[0]
+            stats.seen_images += len(batch["images"])
+            stats.images_since_log += len(batch["images"])
         if not last_micro:
             continue
         if opts.clip_grad:
@@ -136,3 +137,31 @@ def train_one_epoch(
         if checkpoint_due:
             on_checkpoint(step)
     return step
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable[dict], device: torch.device, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Classification accuracy over ``loader``: ``{"top1", "top5", "loss"}`` in percent (top-k with k capped
+    at the number of classes), every sample counted once."""
+    model.eval()
+    correct1 = correct5 = loss_sum = 0.0
+    count = 0
+    for batch in loader:
+        if batch["images"] is None:
+            continue
+        x = batch["images"].to(device, non_blocking=True)
+        y = batch["labels"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
+        hits = top == y[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        count += len(y)
+    if count == 0:
+        raise ValueError("no readable images to evaluate on")
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count}

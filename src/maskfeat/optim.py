@@ -26,13 +26,17 @@ def build_optimizer(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.999),
     layer_decay: float | None = None,
+    opt: str = "adamw",
 ) -> torch.optim.Optimizer:
-    """AdamW over timm's weight-decay parameter groups (fused on CUDA)."""
-    fused = next(model.parameters()).is_cuda
-    kwargs = {"fused": True} if fused else {}
-    return create_optimizer_v2(
-        model, opt="adamw", lr=lr, weight_decay=weight_decay, betas=tuple(betas), layer_decay=layer_decay, **kwargs
-    )
+    """``opt`` (adamw, fused on CUDA; lars or sgd with momentum 0.9) over timm's weight-decay parameter groups,
+    with layer-wise lr decay when ``layer_decay`` is set."""
+    if opt == "adamw":
+        kwargs = {"betas": tuple(betas)}
+        if next(model.parameters()).is_cuda:
+            kwargs["fused"] = True
+    else:
+        kwargs = {"momentum": 0.9}
+    return create_optimizer_v2(model, opt=opt, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay, **kwargs)
 
 
 def build_scheduler(

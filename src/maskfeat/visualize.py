@@ -108,7 +108,8 @@ def render_panels(
 
 def run_visualize(cfg: DictConfig) -> list[str]:
     """Write ``output_dir/visualize/NNN.png`` for the first ``visualize.num_images`` images of ``data.path``."""
-    from maskfeat.pretrain import build_model, data_folder
+    from maskfeat.pretrain import build_model
+    from maskfeat.runner import data_folder
 
     path = cfg.model.checkpoint or os.path.join(cfg.output_dir, ckpt_io.LAST)
     if not os.path.isfile(path):

@@ -1,0 +1,270 @@
+"""``maskfeat finetune | linprobe | evaluate``: image classification with a (pre-trained) encoder.
+
+- finetune: the whole timm ViT trains, with global average pooling of the patch tokens + a norm (``fc_norm``),
+  a small-initialised head, layer-wise lr decay, RandAugment, Mixup/CutMix, label smoothing, random erasing
+  (the MAE/MaskFeat recipe, timm's own pieces). Without ``model.checkpoint`` it trains from scratch.
+- linprobe: the encoder is frozen; a BatchNorm without affine + linear head on the average-pooled patch tokens
+  (after the pre-trained final norm) trains with LARS (MAE's probe).
+- evaluate: top-1 / top-5 of a finetune or linprobe checkpoint on ``data.val_path`` (resize + centre crop).
+
+Each evaluates on ``data.val_path`` after every epoch, writes ``top1``/``top5`` to metrics.jsonl and keeps
+``checkpoint-best.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from timm.data import Mixup, create_transform
+from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.loss import SoftTargetCrossEntropy
+from torch import nn
+
+from maskfeat import checkpoint as ckpt_io
+from maskfeat.config import ConfigError, to_yaml
+from maskfeat.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, eval_transform, sample_labeled_folder
+from maskfeat.engine import evaluate
+from maskfeat.masking import MaskCollator
+from maskfeat.models import create_encoder, encoder_model_args
+from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
+from maskfeat.pretrain import steps_per_epoch
+from maskfeat.runner import Job, amp_dtype, fit, make_loader, setup_run, wrap_for_training
+
+log = logging.getLogger("maskfeat")
+
+
+def labeled_folders(cfg: DictConfig, need_train: bool = True) -> tuple[str | None, str | None]:
+    """(train, val) folders: ``data.path`` / ``data.val_path``, or the embedded labeled sample images when both
+    are null (crops of scikit-image's photos, one class per photo)."""
+    if cfg.data.path is None and cfg.data.val_path is None:
+        train = sample_labeled_folder(split="train", size=160) if need_train else None
+        val = sample_labeled_folder(split="val", size=160)
+        log.info(f"data.path and data.val_path not set: using the embedded labeled sample images ({val})")
+        return train, val
+    if need_train and cfg.data.path is None:
+        raise ConfigError("data.path=... is needed: a folder of class sub-folders to train on")
+    return cfg.data.path, cfg.data.val_path
+
+
+def label_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
+    """Indices of a class-balanced ``fraction`` of the samples (at least one per class), chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    labels_np = np.asarray(labels)
+    keep = []
+    for c in np.unique(labels_np):
+        idx = np.flatnonzero(labels_np == c)
+        keep.extend(rng.permutation(idx)[: max(1, math.ceil(fraction * len(idx)))].tolist())
+    return sorted(keep)
+
+
+def _train_dataset(cfg: DictConfig, folder: str, linprobe: bool) -> ImageDataset:
+    d = cfg.data
+    transform = create_transform(
+        d.image_size,
+        is_training=True,
+        scale=tuple(d.crop_scale),
+        hflip=d.hflip,
+        color_jitter=None if linprobe else 0.4,
+        auto_augment=None if linprobe else d.auto_augment,
+        interpolation="bicubic",
+        re_prob=0.0 if linprobe else d.reprob,
+        re_mode="pixel",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+    )
+    full = ImageDataset(folder, transform)
+    if not full.classes:
+        raise ConfigError(f"data.path={folder} has no class sub-folders: classification needs labeled images")
+    if d.label_fraction >= 1:
+        return full
+    keep = label_subset(full.labels, d.label_fraction, cfg.seed)
+    files, labels = full.files, full.labels
+    subset = ImageDataset(folder, transform, files=[files[i] for i in keep], labels=[labels[i] for i in keep],
+                          classes=full.classes)  # fmt: skip
+    log.info(f"data.label_fraction={d.label_fraction}: training on {len(subset)} of {len(full)} labeled images")
+    return subset
+
+
+def _val_loader(cfg: DictConfig, folder: str, classes: list[str], device: torch.device, image_size: int):
+    dataset = ImageDataset(folder, eval_transform(image_size, crop_pct=cfg.data.crop_pct))
+    if classes and dataset.classes != classes:
+        raise ConfigError(
+            f"data.val_path={folder} has classes {dataset.classes[:5]}... but training has {classes[:5]}...: "
+            "they must be the same sub-folder names"
+        )
+    loader, _ = make_loader(dataset, MaskCollator(None, (1, 1), 0.5), cfg.train.batch_size, cfg.data.num_workers,
+                            cfg.seed, device, train=False)  # fmt: skip
+    return loader
+
+
+def build_classifier(meta: dict, kind: str, drop_path: float = 0.0) -> nn.Module:
+    """A classifier from ``{"architecture", "model_args"}``: a timm ViT with its own head (finetune) or a frozen
+    encoder with a BatchNorm + linear head (linprobe). ``model_args`` holds ``num_classes``."""
+    args = dict(meta["model_args"])
+    num_classes = args.pop("num_classes")
+    if kind == "finetune":
+        return create_encoder(meta["architecture"], args, num_classes=num_classes, drop_path=drop_path)
+    model = create_encoder(meta["architecture"], args, num_classes=0)
+    dim = model.num_features
+    model.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
+    model.num_classes = num_classes
+    return model
+
+
+def load_pretrained(model: nn.Module, path: str) -> None:
+    """Load encoder weights into a classifier: the head (and the pre-training final norm, when the classifier
+    pools with a new ``fc_norm``) are left out; position embeddings are resampled to the new grid."""
+    state, meta = ckpt_io.read_encoder(path)
+    state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))}
+    if isinstance(model.norm, nn.Identity):
+        state = {k: v for k, v in state.items() if not k.startswith("norm.")}
+    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
+        old = state["pos_embed"].shape
+        state["pos_embed"] = resample_abs_pos_embed(
+            state["pos_embed"], list(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens
+        )
+        log.info(f"resampled position embeddings {tuple(old)} -> {tuple(model.pos_embed.shape)}")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        arch = meta["architecture"] if meta else "?"
+        raise ConfigError(f"{path} ({arch}) does not fit model.name/sizes of this run: "
+                          f"{str(e).splitlines()[1].strip()}") from None  # fmt: skip
+    allowed = ("head.", "fc_norm.", "norm.")
+    bad = [k for k in missing if not k.startswith(allowed)] + list(unexpected)
+    if bad:
+        raise ConfigError(f"{path} does not match the encoder: missing or unexpected weights {bad[:6]}")
+    log.info(f"loaded pre-trained encoder from {path} (new: {', '.join(sorted({k.split('.')[0] for k in missing}))})")
+
+
+def _classification_run(cfg: DictConfig, kind: str) -> dict:
+    device, rank, world_size = setup_run(cfg)
+    tr, d, m = cfg.train, cfg.data, cfg.model
+    train_folder, val_folder = labeled_folders(cfg)
+    dataset = _train_dataset(cfg, train_folder, linprobe=kind == "linprobe")
+    num_classes = len(dataset.classes)
+    loader, sampler = make_loader(dataset, MaskCollator(None, (1, 1), 0.5), tr.batch_size, d.num_workers, cfg.seed,
+                                  device, train=True, rank=rank, world_size=world_size)  # fmt: skip
+    spe = steps_per_epoch(len(dataset), train_folder, tr.batch_size, tr.accum_steps, world_size)
+    total_steps = tr.epochs * spe
+    total_batch = tr.batch_size * tr.accum_steps * world_size
+    cfg.train.lr = scaled_lr(tr.lr, tr.blr, total_batch)
+
+    torch.manual_seed(cfg.seed)
+    args = encoder_model_args(d.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads)
+    if kind == "finetune":
+        args["global_pool"] = "avg"  # average of the patch tokens, then fc_norm (the MaskFeat/MAE recipe)
+    else:
+        args.update(global_pool="avg", fc_norm=False)  # keep the pre-trained final norm, then average
+    meta = {"architecture": m.name, "model_args": {**args, "num_classes": num_classes}}
+    model = build_classifier(meta, kind, drop_path=m.drop_path if kind == "finetune" else 0.0)
+    head = model.head[-1] if kind == "linprobe" else model.head
+    trunc_normal_(head.weight, std=m.head_init_std)
+    nn.init.zeros_(head.bias)
+    if m.checkpoint:
+        load_pretrained(model, m.checkpoint)
+    else:
+        log.warning(f"model.checkpoint not set: {kind} starts from random weights (the from-scratch baseline)")
+    if kind == "linprobe":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("head.")
+    model.to(device)
+
+    if kind == "linprobe":
+        optimizer = build_optimizer(model.head, cfg.train.lr, tr.weight_decay, tuple(tr.betas), opt=tr.optimizer)
+    else:
+        optimizer = build_optimizer(model, cfg.train.lr, tr.weight_decay, tuple(tr.betas), layer_decay=tr.layer_decay,
+                                    opt=tr.optimizer)  # fmt: skip
+    scheduler = build_scheduler(optimizer, total_steps, round(tr.warmup_epochs * spe), tr.min_lr, tr.warmup_lr)
+    torch.manual_seed(cfg.seed + rank)
+
+    mixup = None
+    if kind == "finetune" and (tr.mixup > 0 or tr.cutmix > 0):
+        mixup = Mixup(mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix, label_smoothing=tr.label_smoothing,
+                      num_classes=num_classes)  # fmt: skip
+    criterion = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+
+    def loss_fn(net: nn.Module, batch: dict) -> torch.Tensor:
+        x, y = batch["images"], batch["labels"]
+        if mixup is not None:
+            if len(x) % 2:  # Mixup pairs samples: drop one when an unreadable file left an odd batch
+                x, y = x[:-1], y[:-1]
+            x, y = mixup(x, y)
+        return criterion(net(x), y)
+
+    val_loader = _val_loader(cfg, val_folder, dataset.classes, device, d.image_size) if val_folder else None
+    if val_loader is None:
+        log.warning("data.val_path not set: no evaluation during training")
+    dtype = amp_dtype(tr.amp, device)
+    out = cfg.output_dir
+
+    def finish() -> None:
+        if kind == "finetune":  # a plain timm classifier: loads with timm.create_model(**model_args)
+            ckpt_io.write_encoder(out, model.state_dict(), **meta)
+        log.info(
+            f"done. Outputs in {out}: config.yaml, metrics.jsonl, {ckpt_io.LAST}, checkpoint-best.pt"
+            + (", encoder.safetensors + encoder.json (timm, with its head)" if kind == "finetune" else "")
+        )
+
+    job = Job(
+        model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, loader=loader, sampler=sampler,
+        steps_per_epoch=spe, total_steps=total_steps,
+        extra={"encoder": meta, "encoder_prefix": "", "classifier": kind, "classes": list(dataset.classes)},
+        evaluate=(lambda: evaluate(model, val_loader, device, dtype)) if val_loader is not None else None,
+        finish=finish, train_model=wrap_for_training(model, device, world_size, tr.compile),
+    )  # fmt: skip
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary = (
+        f"{kind} {m.name} ({n_train / 1e6:.2f}M trainable params, {num_classes} classes) on {len(dataset)} images "
+        f"from {train_folder}; {world_size} process(es) on {device}, batch {total_batch}, lr {cfg.train.lr:.3g}"
+    )
+    return fit(cfg, job, device, summary)
+
+
+def run_finetune(cfg: DictConfig) -> dict:
+    return _classification_run(cfg, "finetune")
+
+
+def run_linprobe(cfg: DictConfig) -> dict:
+    return _classification_run(cfg, "linprobe")
+
+
+def run_evaluate(cfg: DictConfig) -> dict:
+    """Top-1 / top-5 of ``model.checkpoint`` (a finetune or linprobe checkpoint, or a finetuned
+    encoder.safetensors with its head) on ``data.val_path``; appended to ``output_dir/metrics.jsonl``."""
+    device, _, _ = setup_run(cfg)
+    path = cfg.model.checkpoint
+    classes: list[str] = []
+    if path.endswith(".safetensors"):
+        state, meta = ckpt_io.read_encoder(path)
+        kind = "finetune"
+    else:
+        ckpt = ckpt_io.load_checkpoint(path)
+        kind, meta, state = ckpt.get("classifier"), ckpt.get("encoder"), ckpt.get("model")
+        classes = list(ckpt.get("classes", []))
+        if kind not in ("finetune", "linprobe"):
+            raise ConfigError(f"{path} is not a finetune or linprobe checkpoint: it has no classifier")
+    if meta is None or "num_classes" not in meta["model_args"]:
+        raise ConfigError(f"{path} has no classifier head (num_classes in encoder.json): evaluate a finetuned model")
+    model = build_classifier(meta, kind)
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    loader = _val_loader(cfg, cfg.data.val_path, classes, device, meta["model_args"]["img_size"])
+    num_classes = meta["model_args"]["num_classes"]
+    if len(loader.dataset.classes) != num_classes:
+        raise ConfigError(
+            f"data.val_path has {len(loader.dataset.classes)} classes but the model predicts {num_classes}"
+        )
+    metrics = evaluate(model, loader, device, amp_dtype(cfg.train.amp, device))
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ckpt_io.atomic_write(os.path.join(cfg.output_dir, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 0, "epoch": 0, "checkpoint": path, **metrics}) + "\n")
+    log.info(f"{path} on {cfg.data.val_path}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    return metrics
