@@ -1,4 +1,5 @@
-# make demo: pre-train a tiny MaskFeat ViT on the embedded sample images, then draw its predictions.
+# make demo: pre-train a tiny MaskFeat ViT on embedded sample images, draw its predictions, fine-tune it and
+# the same model from scratch, and compare.
 # make test: the test suite.
 # Both create .venv and install what they need on first use (torch from TORCH_SPEC).
 VENV ?= .venv
@@ -17,9 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) -m maskfeat pretrain -c configs/pretrain/demo.yaml output_dir=$(DEMO_DIR)
-	$(PY) -m maskfeat visualize -c configs/pretrain/demo.yaml output_dir=$(DEMO_DIR)
-	@echo "demo outputs in $(DEMO_DIR): metrics.jsonl, checkpoint-last.pt, encoder.safetensors, visualize/*.png"
+	$(PY) -m maskfeat pretrain -c configs/pretrain/demo.yaml output_dir=$(DEMO_DIR)/pretrain
+	$(PY) -m maskfeat visualize -c configs/pretrain/demo.yaml output_dir=$(DEMO_DIR)/pretrain visualize.num_images=4
+	$(PY) -m maskfeat finetune -c configs/finetune/demo.yaml output_dir=$(DEMO_DIR)/finetune \
+		model.checkpoint=$(DEMO_DIR)/pretrain/encoder.safetensors
+	$(PY) -m maskfeat finetune -c configs/finetune/demo.yaml output_dir=$(DEMO_DIR)/scratch
+	@echo "Fine-tuning on the embedded labeled images: MaskFeat pre-trained vs from scratch"
+	$(PY) bench/compare_runs.py $(DEMO_DIR)/finetune $(DEMO_DIR)/scratch
+	@echo "Outputs in $(DEMO_DIR): pretrain/ (metrics.jsonl, checkpoint-last.pt, encoder.safetensors, visualize/*.png), finetune/, scratch/"
 
 test: install
 	$(PY) -m pytest -q

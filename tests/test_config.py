@@ -83,8 +83,9 @@ def test_shipped_configs_load(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "configs"
-    files = sorted(root.glob("pretrain/*.yaml"))
-    assert files
+    files = sorted(root.glob("*/*.yaml"))
+    assert {f.parent.name for f in files} >= {"pretrain", "finetune", "linprobe"}
     for f in files:
-        cfg = load_config("pretrain", str(f), [f"data.path={tmp_path}"])
-        assert cfg.data.image_size % 16 == 0
+        paths = [f"data.path={tmp_path}", f"data.val_path={tmp_path}", "model.checkpoint=null"]
+        cfg = load_config(f.parent.name, str(f), paths)
+        assert cfg.data.image_size % 16 == 0, f

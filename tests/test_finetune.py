@@ -1,0 +1,126 @@
+"""finetune / linprobe / evaluate / export: real runs on small labeled folders, and the pieces they use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import write_images
+from safetensors.torch import load_file
+from test_cli import TINY, maskfeat, rows
+
+from maskfeat.checkpoint import write_encoder
+from maskfeat.finetune import build_classifier, label_subset, load_pretrained
+from maskfeat.models import create_encoder, encoder_model_args
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory) -> Path:
+    """train/ and val/ ImageFolders of 3 classes (12 and 4 images per class)."""
+    root = tmp_path_factory.mktemp("labeled")
+    for split, n in (("train", 12), ("val", 4)):
+        for c in range(3):
+            write_images(root / split / f"class{c}", n, seed=100 * c + (split == "val"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(labeled, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pre") / "run"
+    r = maskfeat("pretrain", *TINY, f"data.path={labeled / 'train'}", f"output_dir={out}", "train.epochs=1",
+                 "data.num_workers=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_finetune_evaluates_each_epoch_keeps_the_best_and_exports_a_timm_classifier(labeled, pretrained, tmp_path):
+    out = tmp_path / "ft"
+    r = maskfeat("finetune", *TINY, f"data.path={labeled / 'train'}", f"data.val_path={labeled / 'val'}",
+                 f"model.checkpoint={pretrained / 'encoder.safetensors'}", f"output_dir={out}", "train.epochs=2",
+                 "data.num_workers=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "loaded pre-trained encoder" in r.stderr
+    evals = [m for m in rows(out / "metrics.jsonl") if "top1" in m]
+    assert [m["epoch"] for m in evals] == [0, 1]  # one evaluation per epoch
+    for m in evals:
+        assert 0 <= m["top1"] <= m["top5"] <= 100
+        assert m["top1"] * 12 / 100 == pytest.approx(round(m["top1"] * 12 / 100))  # k of 12 val images
+    best = torch.load(out / "checkpoint-best.pt", weights_only=True)
+    assert best["best"]["top1"] == max(m["top1"] for m in evals)
+
+    meta = json.loads((out / "encoder.json").read_text())
+    assert meta["model_args"]["num_classes"] == 3
+    model = timm.create_model(meta["architecture"], pretrained=False, **{"num_classes": 0, **meta["model_args"]})
+    model.load_state_dict(load_file(out / "encoder.safetensors"), strict=True)
+
+    ev = maskfeat("evaluate", *TINY, f"data.val_path={labeled / 'val'}", f"output_dir={tmp_path / 'ev'}",
+                  f"model.checkpoint={out / 'checkpoint-last.pt'}")  # fmt: skip
+    assert ev.returncode == 0, ev.stderr
+    (row,) = rows(tmp_path / "ev" / "metrics.jsonl")
+    assert row["top1"] == pytest.approx(evals[-1]["top1"])  # the same weights give the same accuracy
+
+
+def test_linprobe_leaves_the_encoder_untouched(labeled, pretrained, tmp_path):
+    out = tmp_path / "lp"
+    r = maskfeat("linprobe", *TINY, f"data.path={labeled / 'train'}", f"data.val_path={labeled / 'val'}",
+                 f"model.checkpoint={pretrained / 'checkpoint-last.pt'}", f"output_dir={out}", "train.epochs=2",
+                 "data.num_workers=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    trained = torch.load(out / "checkpoint-last.pt", weights_only=True)["model"]
+    encoder = load_file(pretrained / "encoder.safetensors")
+    for k, v in encoder.items():
+        assert torch.equal(trained[k], v), k  # frozen, pre-trained final norm included
+    assert not torch.equal(trained["head.1.weight"], torch.zeros_like(trained["head.1.weight"]))
+    assert [m["epoch"] for m in rows(out / "metrics.jsonl") if "top1" in m] == [0, 1]
+
+
+def test_classification_needs_labels(image_folder, tmp_path):
+    r = maskfeat("finetune", *TINY, f"data.path={image_folder}", f"data.val_path={image_folder}",
+                 f"output_dir={tmp_path / 'x'}")  # fmt: skip
+    assert r.returncode == 2 and "has no class sub-folders" in r.stderr
+
+
+def test_label_subset_is_class_balanced_and_seeded():
+    labels = [c for c in range(4) for _ in range(50)]
+    keep = label_subset(labels, 0.1, seed=0)
+    assert len(keep) == 20 and sorted({labels[i] for i in keep}) == [0, 1, 2, 3]
+    assert all(sum(labels[i] == c for i in keep) == 5 for c in range(4))
+    assert keep == label_subset(labels, 0.1, seed=0) != label_subset(labels, 0.1, seed=1)
+    assert len(label_subset([0, 0, 1], 0.01, seed=0)) == 2  # at least one per class
+
+
+def test_pretrained_weights_load_with_position_embeddings_resampled_to_a_new_size(tmp_path):
+    torch.manual_seed(0)
+    args = encoder_model_args(32, depth=1, embed_dim=32, num_heads=2)
+    encoder = create_encoder("vit_tiny_patch16_224", args)
+    write_encoder(str(tmp_path), encoder.state_dict(), "vit_tiny_patch16_224", args)
+    meta = {"architecture": "vit_tiny_patch16_224", "model_args": {**args, "img_size": 64, "global_pool": "avg",
+                                                                     "num_classes": 5}}  # fmt: skip
+    model = build_classifier(meta, "finetune")
+    load_pretrained(model, str(tmp_path / "encoder.safetensors"))
+    assert model.pos_embed.shape == (1, 1 + 16, 32)
+    torch.testing.assert_close(model.pos_embed[:, 0], encoder.pos_embed[:, 0])  # class token position kept
+    torch.testing.assert_close(model.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight)
+
+
+def test_export_round_trip_gives_the_same_outputs_in_timm(pretrained, tmp_path):
+    r = maskfeat("export", str(pretrained / "checkpoint-last.pt"), str(tmp_path / "exp"))
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((tmp_path / "exp" / "encoder.json").read_text())
+    theirs = timm.create_model(meta["architecture"], pretrained=False, **{"num_classes": 0, **meta["model_args"]})
+    theirs.load_state_dict(load_file(tmp_path / "exp" / "encoder.safetensors"), strict=True)
+    from maskfeat.checkpoint import load_checkpoint
+    from maskfeat.config import load_config
+    from maskfeat.pretrain import build_model
+
+    ckpt = load_checkpoint(str(pretrained / "checkpoint-last.pt"))
+    cfg = load_config("pretrain", None, [f"{k}" for k in TINY])
+    ours, _ = build_model(cfg)
+    ours.load_state_dict(ckpt["model"])
+    x = torch.randn(2, 3, 32, 32)
+    ours.eval(), theirs.eval()
+    no_mask = torch.zeros(2, 2, 2, dtype=torch.bool)
+    torch.testing.assert_close(ours.forward_features(x, no_mask), theirs.forward_features(x)[:, 1:])
