@@ -1,6 +1,6 @@
 """Print a markdown table of the evaluation results of finished runs (best and final top-1 from metrics.jsonl).
 
-    python bench/compare_runs.py runs/demo/finetune runs/demo/scratch
+python bench/compare_runs.py runs/demo/finetune runs/demo/scratch
 """
 
 from __future__ import annotations

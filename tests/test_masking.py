@@ -333,8 +333,14 @@ def test_collator_without_masks():
 
 def test_collator_all_none():
     for mask_type in ("block", None):
-        out = MaskCollator(mask_type, (14, 14), 0.4)([None, None, None])
-        assert out == {"images": None, "labels": None, "masks": None, "num_bad": 3}
+        out = MaskCollator(mask_type, (14, 14), 0.4)([None, {"unreadable": "/x/a.jpg"}, None])
+        assert out == {"images": None, "labels": None, "masks": None, "num_bad": 3, "bad_files": ["/x/a.jpg"]}
+
+
+def test_collator_names_unreadable_files():
+    items = make_items(2)
+    out = MaskCollator("block", (14, 14), 0.4)([items[0], {"unreadable": "/data/b.png"}, items[1]])
+    assert out["num_bad"] == 1 and out["bad_files"] == ["/data/b.png"] and out["images"].shape[0] == 2
 
 
 def test_collator_unit_upsampling():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import tempfile
 from typing import Any
@@ -66,12 +67,30 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str) -> dict[str, Any]:
-    """Load a checkpoint of ours (tensors and plain values only: ``weights_only=True``, no code is run)."""
+def load_checkpoint(path: str, allow_pickle: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` (tensors and plain values: no code is run).
+
+    A checkpoint holding other pickled Python objects is refused unless ``allow_pickle`` (unpickling can run
+    arbitrary code: only for files you trust).
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise ValueError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+        if not allow_pickle:
+            raise ValueError(
+                f"{path} holds pickled Python objects, and unpickling can run code: if you trust the file, "
+                "pass model.allow_pickle=true"
+            ) from None
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path}: {str(e).strip().splitlines()[0]}") from None
+        raise ValueError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def encoder_state_dict(model_state: dict[str, torch.Tensor], prefix: str = "encoder.") -> dict[str, torch.Tensor]:
@@ -92,13 +111,16 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save(tensors, metadata={"format": "pt"})
 
 
-def read_encoder(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+def read_encoder(path: str, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Weights and (when present) ``encoder.json`` from an ``encoder.safetensors`` or a checkpoint of ours."""
     if path.endswith(".safetensors"):
         meta_path = os.path.join(os.path.dirname(path), "encoder.json")
         meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else None
-        return load_file(path), meta
-    ckpt = load_checkpoint(path)
+        try:
+            return load_file(path), meta
+        except Exception as e:
+            raise ValueError(f"cannot read {path}: {_first_line(e)}") from None
+    ckpt = load_checkpoint(path, allow_pickle)
     if "model" not in ckpt or "encoder" not in ckpt:
         raise ValueError(f"{path} is not a maskfeat checkpoint (no 'model'/'encoder' entries)")
     return encoder_state_dict(ckpt["model"], ckpt.get("encoder_prefix", "encoder.")), ckpt["encoder"]

@@ -8,12 +8,17 @@
     maskfeat export    CHECKPOINT OUT_DIR
 
 Errors print one line (``maskfeat: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
+A run stopped by SIGTERM / SIGUSR1 saves a checkpoint and exits with status 75 (EX_TEMPFAIL): rerun to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from maskfeat.engine import Preempted
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: try again (resume)
 
 COMMANDS = {
     "pretrain": "MaskFeat pre-training: predict the HOG of masked patches (writes encoder.safetensors)",
@@ -104,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("maskfeat: interrupted", file=sys.stderr)
         return 130
+    except Preempted as e:
+        print(f"maskfeat: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except Exception as e:  # one line for the user; the traceback with --debug
         if getattr(args, "debug", False):
             raise

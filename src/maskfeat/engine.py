@@ -20,6 +20,14 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class Preempted(Exception):
+    """SIGTERM / SIGUSR1 arrived: a checkpoint was saved at the step boundary and the run stops."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by a signal at step {step}; checkpoint saved, rerun the same command to resume")
+        self.step = step
+
+
 @dataclass
 class LoopOptions:
     """How to run the loop (explicit arguments, no config object)."""
@@ -32,6 +40,7 @@ class LoopOptions:
     log_every: int = 20  # optimizer steps between logging rows
     checkpoint_every: int = 0  # optimizer steps between checkpoints (0 = epoch ends only)
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
+    stop_requested: Callable[[int], bool] | None = None  # (step) -> True when a pre-emption signal arrived
 
 
 @dataclass
@@ -39,6 +48,7 @@ class LoopStats:
     """Counters carried across epochs."""
 
     bad_images: int = 0  # samples that could not be decoded so far
+    bad_files: list = field(default_factory=list)  # their paths
     seen_images: int = 0  # samples that reached the model so far
     pending: list = field(default_factory=list)  # (step, loss tensor) not yet read back from the device
     images_since_log: int = 0
@@ -89,6 +99,7 @@ def train_one_epoch(
         if step >= end_step:
             break
         stats.bad_images += batch["num_bad"]
+        stats.bad_files.extend(batch.get("bad_files", ()))
         last_micro = micro % opts.accum_steps == opts.accum_steps - 1
         if micro % opts.accum_steps == 0:
             scheduler.step_update(step)  # set this optimizer step's learning rate
@@ -118,7 +129,8 @@ def train_one_epoch(
         stats.pending.append((step, step_loss))
         step_loss = torch.zeros((), device=opts.device)
 
-        checkpoint_due = step == end_step or (opts.checkpoint_every and step % opts.checkpoint_every == 0)
+        preempted = opts.stop_requested is not None and opts.stop_requested(step)
+        checkpoint_due = preempted or step == end_step or (opts.checkpoint_every and step % opts.checkpoint_every == 0)
         if step % opts.log_every == 0 or checkpoint_due:
             loss_mean = _flush(stats)  # also guards every checkpoint against non-finite weights
             now = time.perf_counter()
@@ -136,6 +148,8 @@ def train_one_epoch(
             stats.images_since_log, stats.time_since_log = 0, now
         if checkpoint_due:
             on_checkpoint(step)
+        if preempted:
+            raise Preempted(step)
     return step
 
 

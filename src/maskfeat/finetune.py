@@ -117,10 +117,10 @@ def build_classifier(meta: dict, kind: str, drop_path: float = 0.0) -> nn.Module
     return model
 
 
-def load_pretrained(model: nn.Module, path: str) -> None:
+def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False) -> None:
     """Load encoder weights into a classifier: the head (and the pre-training final norm, when the classifier
     pools with a new ``fc_norm``) are left out; position embeddings are resampled to the new grid."""
-    state, meta = ckpt_io.read_encoder(path)
+    state, meta = ckpt_io.read_encoder(path, allow_pickle)
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))}
     if isinstance(model.norm, nn.Identity):
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}
@@ -168,7 +168,7 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     trunc_normal_(head.weight, std=m.head_init_std)
     nn.init.zeros_(head.bias)
     if m.checkpoint:
-        load_pretrained(model, m.checkpoint)
+        load_pretrained(model, m.checkpoint, m.allow_pickle)
     else:
         log.warning(f"model.checkpoint not set: {kind} starts from random weights (the from-scratch baseline)")
     if kind == "linprobe":
@@ -242,10 +242,10 @@ def run_evaluate(cfg: DictConfig) -> dict:
     path = cfg.model.checkpoint
     classes: list[str] = []
     if path.endswith(".safetensors"):
-        state, meta = ckpt_io.read_encoder(path)
+        state, meta = ckpt_io.read_encoder(path, cfg.model.allow_pickle)
         kind = "finetune"
     else:
-        ckpt = ckpt_io.load_checkpoint(path)
+        ckpt = ckpt_io.load_checkpoint(path, cfg.model.allow_pickle)
         kind, meta, state = ckpt.get("classifier"), ckpt.get("encoder"), ckpt.get("model")
         classes = list(ckpt.get("classes", []))
         if kind not in ("finetune", "linprobe"):

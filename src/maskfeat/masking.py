@@ -473,17 +473,20 @@ class MaskCollator:
         """Collates a list of samples.
 
         Args:
-            batch: items ``{"image": (C, H, W) or (C, T, H, W) tensor, "label": int, "seed": int}``, or None for a
-                sample that could not be read (the dataset already warned); None items are dropped and counted.
+            batch: items ``{"image": (C, H, W) or (C, T, H, W) tensor, "label": int, "seed": int}``, or, for a
+                sample that could not be read (the dataset already warned), ``{"unreadable": path}`` or None:
+                those are dropped, counted and named.
 
         Returns:
-            ``{"images": (B, C, [T,] H, W), "labels": int64 (B,), "masks": bool (B, *grid), "num_bad": int}``;
-            "masks" only when ``mask_type`` is not None. If every item was None, images, labels and masks are None.
+            ``{"images": (B, C, [T,] H, W), "labels": int64 (B,), "masks": bool (B, *grid), "num_bad": int,
+            "bad_files": list[str]}``; "masks" only when ``mask_type`` is not None. If every item was unreadable,
+            images, labels and masks are None.
         """
-        items = [item for item in batch if item is not None]
+        items = [item for item in batch if item is not None and "image" in item]
         num_bad = len(batch) - len(items)
+        bad_files = [item["unreadable"] for item in batch if item is not None and "unreadable" in item]
         if not items:
-            return {"images": None, "labels": None, "masks": None, "num_bad": num_bad}
+            return {"images": None, "labels": None, "masks": None, "num_bad": num_bad, "bad_files": bad_files}
         out: dict[str, Any] = {
             "images": torch.stack([item["image"] for item in items]),
             "labels": torch.tensor([int(item["label"]) for item in items], dtype=torch.long),
@@ -491,4 +494,5 @@ class MaskCollator:
         if self.mask_type is not None:
             out["masks"] = torch.stack([self.mask(item["seed"]) for item in items])
         out["num_bad"] = num_bad
+        out["bad_files"] = bad_files
         return out

@@ -72,7 +72,7 @@ def run_pretrain(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, encoder_meta = build_model(cfg)
     if cfg.model.checkpoint:
-        _load_initial_weights(model, cfg.model.checkpoint)
+        _load_initial_weights(model, cfg.model.checkpoint, cfg.model.allow_pickle)
     model.to(device)
     optimizer = build_optimizer(model, cfg.train.lr, tr.weight_decay, tuple(tr.betas))
     scheduler = build_scheduler(optimizer, total_steps, round(tr.warmup_epochs * spe), tr.min_lr, tr.warmup_lr)
@@ -99,11 +99,11 @@ def run_pretrain(cfg: DictConfig) -> dict:
     return fit(cfg, job, device, summary)
 
 
-def _load_initial_weights(model: MaskFeat, path: str) -> None:
+def _load_initial_weights(model: MaskFeat, path: str, allow_pickle: bool = False) -> None:
     """Start from existing weights: a checkpoint of ours (full model) or an encoder.safetensors."""
     if path.endswith(".safetensors"):
-        state, _ = ckpt_io.read_encoder(path)
+        state, _ = ckpt_io.read_encoder(path, allow_pickle)
         model.encoder.load_state_dict(state, strict=True)
     else:
-        model.load_state_dict(ckpt_io.load_checkpoint(path)["model"], strict=True)
+        model.load_state_dict(ckpt_io.load_checkpoint(path, allow_pickle)["model"], strict=True)
     log.info(f"initialised from {path}")

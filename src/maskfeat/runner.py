@@ -10,11 +10,14 @@ import glob
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -125,6 +128,41 @@ def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, c
     return model
 
 
+class PreemptionSignals:
+    """SIGTERM / SIGUSR1 (a cluster's pre-emption notice) set a flag; the loop saves a checkpoint at the next step
+    boundary and stops. With several processes the flag is agreed on (max over ranks) every ``every`` steps, so
+    all ranks stop at the same step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self, every: int):
+        self.every, self.flag, self.previous = every, False, {}
+
+    def __enter__(self) -> PreemptionSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if not self.flag:
+            log.warning(f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step")
+        self.flag = True
+
+    def requested(self, step: int) -> bool:
+        if not dist.is_initialized() or dist.get_world_size() == 1:
+            return self.flag
+        if step % self.every:
+            return False
+        flag = torch.tensor([float(self.flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 def _numbered(output_dir: str) -> list[str]:
     """Numbered step checkpoints, oldest first."""
     found = glob.glob(os.path.join(output_dir, "checkpoint-[0-9]*.pt"))
@@ -157,9 +195,19 @@ def resume(cfg: DictConfig, job: Job, scaler: torch.amp.GradScaler) -> tuple[int
     Returns the step to continue from and the best evaluation metrics so far.
     """
     last = os.path.join(cfg.output_dir, ckpt_io.LAST)
-    if not os.path.isfile(last):
+    candidates = [p for p in [last, *reversed(_numbered(cfg.output_dir))] if os.path.isfile(p)]
+    if not candidates:
         return 0, {"top1": float("-inf")}
-    state = ckpt_io.load_checkpoint(last)
+    state = None
+    for path in candidates:  # the newest readable checkpoint; a torn or corrupt file falls back to an older one
+        try:
+            state = ckpt_io.load_checkpoint(path)
+            last = path
+            break
+        except ValueError as e:
+            log.warning(f"{e}; trying an older checkpoint")
+    if state is None:
+        raise ValueError(f"no readable checkpoint in {cfg.output_dir} (tried {', '.join(candidates)})")
     _check_resume_config(state.get("config", {}), cfg)
     job.model.load_state_dict(state["model"])
     job.optimizer.load_state_dict(state["optimizer"])
@@ -197,9 +245,11 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
         last_row = row
         seen = stats.seen_images + stats.bad_images
         if stats.bad_images > 1 and stats.bad_images / seen > cfg.data.max_bad_fraction:
-            raise ConfigError(
-                f"{stats.bad_images} of {seen} images could not be decoded (more than data.max_bad_fraction="
-                f"{cfg.data.max_bad_fraction}); the warnings above name them"
+            names = sorted(set(stats.bad_files))
+            listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            raise ValueError(
+                f"{stats.bad_images} of {seen} images could not be decoded, more than data.max_bad_fraction="
+                f"{cfg.data.max_bad_fraction}: {listed}"
             )
         run_log.write(row)
         run_log.progress(row["step"], row)
@@ -238,21 +288,29 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
             "best": best,
             **job.extra,
         }
-        ckpt_io.save_checkpoint(os.path.join(out, name), state)
-        if numbered and tr.keep_checkpoints > 0:
-            ckpt_io.save_checkpoint(os.path.join(out, f"checkpoint-{at_step:08d}.pt"), state)
-            for old in _numbered(out)[: -tr.keep_checkpoints]:
-                os.unlink(old)
+        try:
+            ckpt_io.save_checkpoint(os.path.join(out, name), state)
+            if numbered and tr.keep_checkpoints > 0:
+                ckpt_io.save_checkpoint(os.path.join(out, f"checkpoint-{at_step:08d}.pt"), state)
+                for old in _numbered(out)[: -tr.keep_checkpoints]:
+                    os.unlink(old)
+        except OSError as e:  # disk full, quota, permissions: the previous checkpoint is intact (atomic writes)
+            log.warning(f"could not write the step {at_step} checkpoint to {out} ({e.strerror or e}); the previous "
+                        "checkpoint is intact and training goes on")  # fmt: skip
 
     train_model = job.train_model or job.model
     t0 = time.perf_counter()
-    while step < end:
-        epoch = step // job.steps_per_epoch
-        job.sampler.set_epoch(epoch)
-        job.sampler.set_start((step % job.steps_per_epoch) * tr.accum_steps * tr.batch_size)
-        step = train_one_epoch(train_model, job.loader, job.optimizer, job.scheduler, scaler, opts, epoch, step,
-                               stats, job.loss_fn, on_log, on_checkpoint)  # fmt: skip
-    run_log.close()
+    with PreemptionSignals(tr.log_every) as signals:
+        opts.stop_requested = signals.requested
+        try:
+            while step < end:
+                epoch = step // job.steps_per_epoch
+                job.sampler.set_epoch(epoch)
+                job.sampler.set_start((step % job.steps_per_epoch) * tr.accum_steps * tr.batch_size)
+                step = train_one_epoch(train_model, job.loader, job.optimizer, job.scheduler, scaler, opts, epoch,
+                                       step, stats, job.loss_fn, on_log, on_checkpoint)  # fmt: skip
+        finally:
+            run_log.close()
     if main and job.finish is not None:
         job.finish()
     if main and stats.bad_images:

@@ -118,7 +118,7 @@ def run_visualize(cfg: DictConfig) -> list[str]:
         raise ConfigError(
             "visualize needs a pre-training checkpoint (checkpoint-*.pt): encoder.safetensors has no prediction head"
         )
-    state = ckpt_io.load_checkpoint(path)
+    state = ckpt_io.load_checkpoint(path, cfg.model.allow_pickle)
     run_cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
     if run_cfg.target.name != "hog":
         raise ConfigError(f"visualize draws HOG targets; {path} was trained with target.name={run_cfg.target.name}")
@@ -137,7 +137,7 @@ def run_visualize(cfg: DictConfig) -> list[str]:
         if len(written) == cfg.visualize.num_images:
             break
         item = dataset[i]
-        if item is None:  # unreadable: the dataset warned, take the next one
+        if "image" not in item:  # unreadable: the dataset warned, take the next one
             continue
         mask = mask_fn(grid, cfg.mask.ratio, torch.Generator().manual_seed(cfg.seed + i))
         with torch.no_grad():

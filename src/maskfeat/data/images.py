@@ -326,8 +326,9 @@ class ImageDataset(Dataset):
         labels: one label per file (default: -1 for all).
         classes: class names, when ``files`` is given and labels refer to named classes.
 
-    Items are ``{"image": FloatTensor (3, H, W), "label": int (-1 if unlabeled), "seed": int}``, or ``None``
-    when the file cannot be decoded (a one-line warning naming the file is logged on the ``maskfeat`` logger).
+    Items are ``{"image": FloatTensor (3, H, W), "label": int (-1 if unlabeled), "seed": int}``, or
+    ``{"unreadable": path}`` when the file cannot be decoded (a one-line warning naming the file is logged on the
+    ``maskfeat`` logger; the collate function drops and counts it).
     """
 
     def __init__(
@@ -373,7 +374,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self._paths)
 
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any] | None:
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         if isinstance(key, (tuple, list)):
             index, seed = int(key[0]), int(key[1])
         else:
@@ -389,17 +390,18 @@ class ImageDataset(Dataset):
             reason = str(exc).replace(repr(path), "").replace(path, "")
             reason = " ".join(reason.split()) or type(exc).__name__
             logger.warning("skipped unreadable image %s: %s", path, reason)
-            return None
+            return {"unreadable": path}
 
-        torch_state = torch.get_rng_state()
-        python_state = random.getstate()
+        torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
         try:
             torch.default_generator.manual_seed(seed)
             random.seed(seed)
+            np.random.seed(seed % 2**32)  # timm's RandAugment picks its operations with NumPy
             tensor = self.transform(image)
         finally:
             torch.set_rng_state(torch_state)
             random.setstate(python_state)
+            np.random.set_state(numpy_state)
         return {"image": tensor, "label": int(self._labels[index]), "seed": seed}
 
     def __repr__(self) -> str:

@@ -78,7 +78,7 @@ class VideoTrainTransform:
 
     The jitter resize and the crop resize are fused into one resampling: the box drawn on the jittered frame is mapped
     back to the source frame and resized from there directly, which gives the same geometry with one interpolation
-    instead of two (sharper, and ~2x faster). The same box and flip apply to every frame of the clip.
+    instead of two (sharper and cheaper). The same box and flip apply to every frame of the clip.
 
     Args:
         crop_size: output side (or ``(height, width)``).
@@ -299,7 +299,9 @@ def video_train_transform(
     return VideoTrainTransform(crop_size, short_side, scale, ratio, hflip, interpolation)
 
 
-def video_eval_transform(crop_size: int = 224, num_crops: int = 1, interpolation: str = "bilinear") -> VideoEvalTransform:
+def video_eval_transform(
+    crop_size: int = 224, num_crops: int = 1, interpolation: str = "bilinear"
+) -> VideoEvalTransform:
     """Evaluation views (see :class:`VideoEvalTransform`).
 
     Returns:

@@ -1,0 +1,153 @@
+"""Benchmark video clip decoding: seeking to the clip against decoding from the start of the file.
+
+Usage:
+    .venv/bin/python bench/bench_video_decode.py [--clips 12] [--frames 16] [--stride 4] [--videos DIR]
+
+Single process, ``torch.set_num_threads(1)`` and single-threaded decoders, so the figures are per core (a data-loader
+worker's throughput). For each clip file, ``--clips`` training starts are drawn as :class:`VideoDataset` draws them
+(uniform over valid starts, fixed seed) and each clip is read three ways, interleaved:
+
+- seek: :func:`maskfeat.data.video.decode_clip` (probe + seek to the keyframe before the clip + decode forward);
+- start: the same with ``seek=False`` (decode from frame 0 up to the clip's last frame);
+- whole: decode the whole file with plain PyAV, ``frame.to_ndarray("rgb24")`` every frame, then index (the naive
+  loader, as torchvision's ``read_video`` does it).
+
+``--gop N`` first re-encodes the clips (libx264, a keyframe every N frames) to show what seeking gains when keyframes
+are dense; the shared clips have 1-4 keyframes each, so most 16x4 clips start in the first GOP.
+
+Prints a table per file (clips/s and mean ms per clip) and one summary line with the seek/start and seek/whole ratios,
+plus the cost of the training transform (16 x 224 x 224 crop, flip, normalise) for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
+
+from maskfeat.data.video import (  # noqa: E402
+    VIDEO_EXTENSIONS,
+    clip_indices,
+    decode_clip,
+    probe_video,
+    random_clip_start,
+)
+from maskfeat.data.video_transforms import VideoTrainTransform  # noqa: E402
+
+DEFAULT_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
+
+
+def decode_whole(path: str, indices: np.ndarray) -> torch.Tensor:
+    """The naive baseline: every frame decoded and converted, then the clip's frames picked."""
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+    return torch.from_numpy(np.stack([frames[i] for i in indices]))
+
+
+def reencode(src: Path, dst: Path, gop: int) -> Path:
+    """Re-encodes a clip with libx264 and a keyframe every ``gop`` frames (same size and rate)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        in_stream = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=in_stream.average_rate or 30)
+        stream.width = in_stream.codec_context.width
+        stream.height = in_stream.codec_context.height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.options = {"preset": "veryfast", "crf": "23", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        for decoded in inp.decode(in_stream):
+            frame = av.VideoFrame.from_ndarray(decoded.to_ndarray(format="rgb24"), format="rgb24")  # fresh timestamps
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return dst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder of clips (default: shared data)")
+    parser.add_argument("--clips", type=int, default=12, help="clips per file")
+    parser.add_argument("--frames", type=int, default=16, help="frames per clip")
+    parser.add_argument("--stride", type=int, default=4, help="frame stride")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gop", type=int, default=0, help="first re-encode the clips with a keyframe every GOP frames")
+    args = parser.parse_args()
+
+    files = (
+        sorted(p for p in args.videos.glob("*") if p.suffix.lower() in VIDEO_EXTENSIONS) if args.videos.is_dir() else []
+    )
+    if not files:
+        print(f"no video files in {args.videos}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    if args.gop > 0:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_video_"))
+        files = [reencode(p, tmp / f"{p.stem}_gop{args.gop}.mp4", args.gop) for p in files]
+    logging.getLogger("maskfeat").setLevel(logging.ERROR)  # the 32-frame clip's "stride lowered" notice
+
+    T, stride = args.frames, args.stride
+    generator = torch.Generator().manual_seed(args.seed)
+    totals = {"seek": [], "start": [], "whole": []}
+    print(f"{T}x{stride} clips, {args.clips} random starts per file, 1 thread; mean ms per clip (clips/s)")
+    print(f"{'file':<28} {'frames':>6} {'keys':>4} {'seek':>16} {'from start':>16} {'whole file':>16} {'ratio':>6}")
+    for path in files:
+        info = probe_video(path)
+        times = {"seek": [], "start": [], "whole": []}
+        for _ in range(args.clips):
+            start = random_clip_start(info.num_frames, T, stride, generator)
+            indices = clip_indices(info.num_frames, T, stride, start)
+            t0 = time.perf_counter()
+            a = decode_clip(path, T, stride, start)
+            t1 = time.perf_counter()
+            b = decode_clip(path, T, stride, start, seek=False)
+            t2 = time.perf_counter()
+            c = decode_whole(str(path), indices)
+            t3 = time.perf_counter()
+            if not (torch.equal(a, b) and torch.equal(a, c)):
+                print(f"MISMATCH between decoding modes in {path} at start {start}", file=sys.stderr)
+                return 1
+            times["seek"].append(t1 - t0)
+            times["start"].append(t2 - t1)
+            times["whole"].append(t3 - t2)
+        cells = []
+        for key in ("seek", "start", "whole"):
+            mean = statistics.fmean(times[key])
+            totals[key].extend(times[key])
+            cells.append(f"{mean * 1e3:7.1f} ({1 / mean:5.1f}/s)")
+        ratio = statistics.fmean(times["start"]) / statistics.fmean(times["seek"])
+        row = f"{path.name:<28} {info.num_frames:>6} {info.num_keyframes:>4}"
+        print(f"{row} {cells[0]:>16} {cells[1]:>16} {cells[2]:>16} {ratio:5.2f}x")
+
+    # Transform cost, for scale: one training augmentation of a decoded clip.
+    clip = decode_clip(files[0], T, stride, 0)
+    transform = VideoTrainTransform(224)
+    transform(clip)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        transform(clip)
+    transform_ms = (time.perf_counter() - t0) / 5 * 1e3
+
+    seek, start, whole = (statistics.fmean(totals[k]) for k in ("seek", "start", "whole"))
+    rates = f"seek {1 / seek:.1f}, from-start {1 / start:.1f}, whole-file {1 / whole:.1f}"
+    ratios = f"seek is {start / seek:.2f}x from-start and {whole / seek:.2f}x whole-file"
+    print(
+        f"SUMMARY {T}x{stride} clips/s per core over {len(files)} files: {rates}; {ratios} "
+        f"(+{transform_ms:.0f} ms/clip for the 224px train transform)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

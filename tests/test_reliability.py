@@ -1,0 +1,164 @@
+"""Nothing lost: pre-emption signals, corrupt checkpoints, broken data, disk errors, safe loading, DDP."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import write_images
+from test_cli import ROOT, TINY, maskfeat, rows
+
+from maskfeat.checkpoint import atomic_write, load_checkpoint
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "maskfeat", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def test_sigterm_saves_at_the_step_boundary_exits_75_and_the_rerun_resumes(tmp_path, image_folder):
+    out = tmp_path / "run"
+    args = ["pretrain", *TINY, f"data.path={image_folder}", f"output_dir={out}", "train.epochs=60",
+            "train.checkpoint_every=0", "data.num_workers=0"]  # fmt: skip
+    proc = _start(args)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(rows(out / "metrics.jsonl")) >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 75, stderr
+    assert "checkpoint saved, rerun the same command to resume" in stderr
+    step = torch.load(out / "checkpoint-last.pt", weights_only=True)["step"]
+    assert 3 <= step < 360 and rows(out / "metrics.jsonl")[-1]["step"] == step  # nothing after the save
+    r = maskfeat(*args)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {out / 'checkpoint-last.pt'} at step {step}/360" in r.stderr
+    assert [m["step"] for m in rows(out / "metrics.jsonl")] == list(range(1, 361))
+
+
+def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path, image_folder):
+    out = tmp_path / "run"
+    base = ["pretrain", *TINY, f"data.path={image_folder}", f"output_dir={out}", "train.epochs=2",
+            "train.checkpoint_every=4", "data.num_workers=0"]  # fmt: skip
+    r = maskfeat(*base, "train.max_steps=8")
+    assert r.returncode == 0, r.stderr
+    last = out / "checkpoint-last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # torn file
+    r = maskfeat(*base)
+    assert r.returncode == 0, r.stderr
+    assert f"cannot read checkpoint {last}" in r.stderr and "trying an older checkpoint" in r.stderr
+    assert f"resuming from {out / 'checkpoint-00000008.pt'} at step 8/12" in r.stderr
+    assert torch.load(last, weights_only=True)["step"] == 12
+
+
+def test_too_many_broken_files_stop_the_run_and_name_them(tmp_path):
+    folder = tmp_path / "imgs"
+    write_images(folder, 8)
+    broken = [folder / f"broken_{i}.jpg" for i in range(4)]
+    for b in broken:
+        b.write_bytes(b"\xff\xd8\xff garbage")
+    r = maskfeat("pretrain", *TINY, f"data.path={folder}", f"output_dir={tmp_path / 'run'}", "train.epochs=3",
+                 "data.num_workers=0", "data.max_bad_fraction=0.1")  # fmt: skip
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("maskfeat: error: ") and "more than data.max_bad_fraction=0.1" in last
+    named = last.split("max_bad_fraction=0.1: ")[1].split(", ")
+    assert named and set(named) <= {str(b) for b in broken}  # it stops at the first check past the limit
+
+
+def test_atomic_write_keeps_the_old_file_when_the_disk_fills(tmp_path):
+    target = tmp_path / "checkpoint-last.pt"
+    target.write_bytes(b"old good checkpoint")
+
+    def full_disk(f):
+        f.write(b"partial new checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(str(target), full_disk)
+    assert target.read_bytes() == b"old good checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-last.pt"]  # no temporary file left behind
+
+
+def test_pickled_checkpoints_need_an_explicit_flag(tmp_path, image_folder):
+    pre = tmp_path / "pre"
+    r = maskfeat("pretrain", *TINY, f"data.path={image_folder}", f"output_dir={pre}", "train.epochs=1",
+                 "data.num_workers=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(pre / "checkpoint-last.pt", weights_only=True)
+    ckpt["note"] = argparse.Namespace(origin="elsewhere")  # an arbitrary pickled object
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save(ckpt, unsafe)
+    with pytest.raises(ValueError, match="pickled Python objects.*model.allow_pickle=true"):
+        load_checkpoint(str(unsafe))
+    assert load_checkpoint(str(unsafe), allow_pickle=True)["note"].origin == "elsewhere"
+    labeled = tmp_path / "labeled"
+    shutil.copytree(image_folder, labeled / "a")
+    shutil.copytree(image_folder, labeled / "b")
+    args = ["finetune", *TINY, f"data.path={labeled}", "train.epochs=1", "data.num_workers=0",
+            f"model.checkpoint={unsafe}"]  # fmt: skip
+    r = maskfeat(*args, f"output_dir={tmp_path / 'ft1'}")
+    assert r.returncode == 2 and "model.allow_pickle=true" in r.stderr
+    r = maskfeat(*args, f"output_dir={tmp_path / 'ft2'}", "model.allow_pickle=true")
+    assert r.returncode == 0, r.stderr
+
+
+def _ddp_worker(rank: int, world: int, port: int, x: torch.Tensor, m: torch.Tensor, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    from test_model import tiny_maskfeat
+
+    model = torch.nn.parallel.DistributedDataParallel(tiny_maskfeat(img=32), broadcast_buffers=False)
+    half = len(x) // world
+    loss = model(x[rank * half : (rank + 1) * half], m[rank * half : (rank + 1) * half])[0]
+    loss.backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.module.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_gives_the_gradients_of_one_process_on_the_global_batch(tmp_path):
+    from test_model import tiny_maskfeat
+
+    from maskfeat.masking import block_mask
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 32, 32, generator=g)
+    m = torch.stack([block_mask(2, 2, 0.5, generator=i) for i in range(4)])  # the same count in every sample
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_ddp_worker, args=(2, port, x, m, str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    torch.manual_seed(0)
+    single = tiny_maskfeat(img=32)
+    single(x, m)[0].backward()
+    for name, p in single.named_parameters():
+        torch.testing.assert_close(ddp[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torchrun_two_cpu_processes_record_world_size(tmp_path, image_folder):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "maskfeat",
+           "pretrain", *TINY, f"data.path={image_folder}", f"output_dir={out}", "train.epochs=2",
+           "data.num_workers=0"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world_size: 2" in (out / "config.yaml").read_text()
+    assert "lr: 6.25e-06" in (out / "config.yaml").read_text()  # 2e-4 x (4 x 2 processes) / 256
+    # 24 images / 2 ranks / batch 4 = 3 steps per epoch, logged once (rank 0 only)
+    assert [m["step"] for m in rows(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert (out / "encoder.safetensors").is_file()
