@@ -64,12 +64,13 @@ class DataError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+def _has_extension(name: str, extensions: Sequence[str]) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions
 
 
-def _find_images(folder: str) -> list[str]:
-    """All image files under ``folder`` (recursive, following links, hidden entries skipped), sorted."""
+def find_files(folder: str, extensions: Sequence[str]) -> list[str]:
+    """All files with one of ``extensions`` under ``folder`` (recursive, following links, hidden entries
+    skipped), sorted."""
     found: list[str] = []
     stack = [folder]
     while stack:
@@ -85,7 +86,7 @@ def _find_images(folder: str) -> list[str]:
             try:
                 if entry.is_dir():
                     stack.append(entry.path)
-                elif _is_image_name(entry.name) and entry.is_file():
+                elif _has_extension(entry.name, extensions) and entry.is_file():
                     found.append(entry.path)
             except OSError:  # dangling link and the like
                 continue
@@ -93,22 +94,21 @@ def _find_images(folder: str) -> list[str]:
     return found
 
 
-def scan_image_folder(path: str | os.PathLike[str]) -> tuple[list[str], list[int], list[str]]:
-    """Lists the images of a folder, in ImageFolder layout or flat.
+def scan_folder(
+    path: str | os.PathLike[str], extensions: Sequence[str], kind: str = "image"
+) -> tuple[list[str], list[int], list[str]]:
+    """Lists the ``kind`` files (images, videos) of a folder, in ImageFolder layout or flat.
 
-    If ``path`` has sub-folders that contain images (at any depth), each such sub-folder is a class
-    (``classes`` = their sorted names, label = position in ``classes``) and its images are found recursively.
-    Otherwise ``path`` is a flat folder of images: every label is -1 and ``classes`` is empty.
+    If ``path`` has sub-folders that contain such files (at any depth), each such sub-folder is a class
+    (``classes`` = their sorted names, label = position in ``classes``) and its files are found recursively.
+    Otherwise ``path`` is a flat folder: every label is -1 and ``classes`` is empty.
     Hidden files and folders (name starting with ``.``) are skipped.
-
-    Args:
-        path: the folder.
 
     Returns:
         ``(files, labels, classes)``: absolute file paths (sorted within each class), one label per file, class names.
 
     Raises:
-        DataError: ``path`` does not exist, is not a directory, or holds no image files.
+        DataError: ``path`` does not exist, is not a directory, or holds no such files.
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.exists(root):
@@ -124,23 +124,24 @@ def scan_image_folder(path: str | os.PathLike[str]) -> tuple[list[str], list[int
         try:
             if entry.is_dir():
                 subdirs.append(entry.name)
-            elif _is_image_name(entry.name) and entry.is_file():
+            elif _has_extension(entry.name, extensions) and entry.is_file():
                 loose.append(entry.path)
         except OSError:
             continue
 
-    per_class = {name: _find_images(os.path.join(root, name)) for name in sorted(subdirs)}
+    per_class = {name: find_files(os.path.join(root, name), extensions) for name in sorted(subdirs)}
     classes = [name for name, found in per_class.items() if found]
     if classes:
         empty = [name for name, found in per_class.items() if not found]
         if empty:
             logger.warning(
-                "ignoring %d sub-folder(s) of %s without images: %s", len(empty), root, ", ".join(empty[:10])
+                "ignoring %d sub-folder(s) of %s without %ss: %s", len(empty), root, kind, ", ".join(empty[:10])
             )
         if loose:
             logger.warning(
-                "ignoring %d image file(s) at the top level of %s: using its %d class sub-folders",
+                "ignoring %d %s file(s) at the top level of %s: using its %d class sub-folders",
                 len(loose),
+                kind,
                 root,
                 len(classes),
             )
@@ -152,9 +153,14 @@ def scan_image_folder(path: str | os.PathLike[str]) -> tuple[list[str], list[int
         return files, labels, classes
 
     if not loose:
-        raise DataError(f"no image files found in {root} (accepted extensions: {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"no {kind} files found in {root} (accepted extensions: {', '.join(extensions)})")
     loose.sort()
     return loose, [-1] * len(loose), []
+
+
+def scan_image_folder(path: str | os.PathLike[str]) -> tuple[list[str], list[int], list[str]]:
+    """Lists the images of a folder, in ImageFolder layout or flat: :func:`scan_folder` with image extensions."""
+    return scan_folder(path, IMAGE_EXTENSIONS, "image")
 
 
 # ----------------------------------------------------------------------------------------------------------------

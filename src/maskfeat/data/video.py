@@ -40,7 +40,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import Dataset
 
-from .images import DataError, _PathArray
+from .images import DataError, _has_extension, _PathArray, scan_folder
 from .video_transforms import VideoEvalTransform, VideoTrainTransform
 
 __all__ = [
@@ -96,75 +96,8 @@ def _warn_once(path: str, kind: str, message: str, *args: Any) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _is_video_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS
-
-
-def _find_videos(folder: str) -> list[str]:
-    """All video files under ``folder`` (recursive, following links, hidden entries skipped), sorted."""
-    found: list[str] = []
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError as exc:  # unreadable sub-folder: skip it rather than fail the whole scan
-            logger.warning("skipped unreadable folder %s: %s", current, exc.strerror or exc)
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir():
-                    stack.append(entry.path)
-                elif _is_video_name(entry.name) and entry.is_file():
-                    found.append(entry.path)
-            except OSError:  # dangling link and the like
-                continue
-    found.sort()
-    return found
-
-
 def _scan_video_folder(root: str) -> tuple[list[str], list[int], list[str]]:
-    loose: list[str] = []
-    subdirs: list[str] = []
-    for entry in os.scandir(root):
-        if entry.name.startswith("."):
-            continue
-        try:
-            if entry.is_dir():
-                subdirs.append(entry.name)
-            elif _is_video_name(entry.name) and entry.is_file():
-                loose.append(entry.path)
-        except OSError:
-            continue
-
-    per_class = {name: _find_videos(os.path.join(root, name)) for name in sorted(subdirs)}
-    classes = [name for name, found in per_class.items() if found]
-    if classes:
-        empty = [name for name, found in per_class.items() if not found]
-        if empty:
-            logger.warning(
-                "ignoring %d sub-folder(s) of %s without videos: %s", len(empty), root, ", ".join(empty[:10])
-            )
-        if loose:
-            logger.warning(
-                "ignoring %d video file(s) at the top level of %s: using its %d class sub-folders",
-                len(loose),
-                root,
-                len(classes),
-            )
-        files: list[str] = []
-        labels: list[int] = []
-        for label, name in enumerate(classes):
-            files.extend(per_class[name])
-            labels.extend([label] * len(per_class[name]))
-        return files, labels, classes
-
-    if not loose:
-        raise DataError(f"no video files found in {root} (accepted extensions: {', '.join(VIDEO_EXTENSIONS)})")
-    loose.sort()
-    return loose, [-1] * len(loose), []
+    return scan_folder(root, VIDEO_EXTENSIONS, "video")
 
 
 def _split_list_line(line: str) -> list[str]:
@@ -281,7 +214,7 @@ def scan_video_source(path: str | os.PathLike[str]) -> tuple[list[str], list[int
         raise DataError(f"data path does not exist: {root}")
     if os.path.isdir(root):
         return _scan_video_folder(root)
-    if _is_video_name(os.path.basename(root)):
+    if _has_extension(os.path.basename(root), VIDEO_EXTENSIONS):
         return [root], [-1], []
     return _read_video_list(root)
 
