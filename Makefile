@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-video test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,14 @@ demo: install
 	@echo "Fine-tuning on the embedded labeled images: MaskFeat pre-trained vs from scratch"
 	$(PY) bench/compare_runs.py $(DEMO_DIR)/finetune $(DEMO_DIR)/scratch
 	@echo "Outputs in $(DEMO_DIR): pretrain/ (metrics.jsonl, checkpoint-last.pt, encoder.safetensors, visualize/*.png), finetune/, scratch/"
+
+demo-video: install
+	$(PY) -m maskfeat pretrain -c configs/pretrain/video_demo.yaml output_dir=$(DEMO_DIR)/video_pretrain
+	$(PY) -m maskfeat finetune -c configs/finetune/video_demo.yaml output_dir=$(DEMO_DIR)/video_finetune \
+		model.checkpoint=$(DEMO_DIR)/video_pretrain/encoder.safetensors
+	$(PY) -m maskfeat finetune -c configs/finetune/video_demo.yaml output_dir=$(DEMO_DIR)/video_scratch
+	@echo "Telling the camera motion of the embedded sample clips: MaskFeat pre-trained vs from scratch"
+	$(PY) bench/compare_runs.py $(DEMO_DIR)/video_finetune $(DEMO_DIR)/video_scratch
 
 test: install
 	$(PY) -m pytest -q

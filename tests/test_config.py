@@ -47,7 +47,9 @@ def test_layers_merge_in_order(tmp_path):
         ("data.image_size=100", "not divisible by the patch size 16"),
         ("target.cell_size=6", "not divisible by the HOG cell size target.cell_size=6"),
         ("mask.ratio=1.5", "mask.ratio must be in (0, 1)"),
-        ("model.name=resnet50", "model.name 'resnet50' is not a known ViT"),
+        ("model.name=resnet50", "model.name 'resnet50' is not a known architecture"),
+        ("mask.type=cube", "mask.type must be auto or one of block, random for image models"),
+        ("model.name=mvit_v2_s model.depth=2", "model.depth does not apply to MViT"),
         ("data.path=/no/such/folder", "data.path does not exist: /no/such/folder"),
         ("train.amp=fp8", "train.amp must be one of"),
         ("epochs", "is not of the form key=value"),
@@ -55,7 +57,7 @@ def test_layers_merge_in_order(tmp_path):
 )
 def test_bad_overrides_give_one_line_errors_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as e:
-        load_config("pretrain", None, [override])
+        load_config("pretrain", None, override.split())
     assert expected in str(e.value)
     assert "\n" not in str(e.value)
 

@@ -34,11 +34,17 @@ class DataConfig:
     auto_augment: str | None = None  # timm RandAugment spec for finetune, e.g. rand-m9-mstd0.5-inc1
     reprob: float = 0.0  # random erasing probability (finetune)
     crop_pct: float = 0.875  # evaluation: centre crop of the image resized to image_size / crop_pct
+    num_frames: int = 16  # video: frames per clip
+    frame_stride: int = 4  # video: take every N-th frame (16 x 4 = the official Kinetics clip)
+    short_side: list[int] = field(default_factory=lambda: [256, 320])  # video training: short-side jitter range
+    num_clips: int = 1  # video evaluation: temporal clips per video (scores averaged)
+    num_crops: int = 1  # video evaluation: spatial crops per clip, 1 (centre) or 3
 
 
 @dataclass
 class ModelConfig:
-    name: str = "vit_base_patch16_224"  # timm ViT architecture (vit_{tiny,small,base,large}_patch16_224, ...)
+    name: str = "vit_base_patch16_224"  # image: timm ViT (vit_{tiny,small,base,large}_patch16_224, ...);
+    # video: vit_s / vit_b / vit_l (2x16x16 tubelets) or mvit_v2_s / mvit_v2_b / mvit_v2_l
     patch_size: int | None = None  # None = the architecture's own
     embed_dim: int | None = None  # None = the architecture's own
     depth: int | None = None  # None = the architecture's own
@@ -57,12 +63,15 @@ class TargetConfig:
     cell_size: int = 8  # HOG cell side, pixels
     gaussian_window: int = 0  # HOG Gaussian spatial window; 0 = off (official)
     norm_pix: bool = True  # pixel target: normalise each patch by its own mean/std (MAE norm_pix_loss)
+    frame_index: int = 0  # video: the frame of each 2-frame temporal patch whose HOG is the target (0 = official)
 
 
 @dataclass
 class MaskConfig:
-    type: str = "block"  # block (BEiT-style) | random
+    type: str = "auto"  # auto (block for images, cube for video) | block | random | cube | tube | frame
     ratio: float = 0.4  # fraction of patch tokens replaced by [MASK]
+    unit: list[int] | None = None  # mask drawn on a grid coarser by these factors; null = auto (video: [1, 2, 2],
+    # the official 2-frame x 32x32-pixel unit; images: [1, 1])
 
 
 @dataclass
@@ -135,7 +144,8 @@ COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 OPTIMIZERS = ("adamw", "lars", "sgd")
 TARGETS = ("hog", "pixel")
-MASK_TYPES = ("block", "random")
+IMAGE_MASKS = ("block", "random")
+VIDEO_MASKS = ("cube", "tube", "frame", "random")
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -242,13 +252,32 @@ def validate(cfg: DictConfig, command: str) -> None:
     for key in ("path", "val_path"):
         p = d[key]
         _require(p is None or os.path.exists(p), f"data.{key} does not exist: {p}")
+    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
     from maskfeat.models.vit import encoder_patch_size, known_architectures
 
-    _require(
-        m.name in known_architectures(),
-        f"model.name '{m.name}' is not a known ViT; choose one of {', '.join(known_architectures())}",
-    )
-    patch = encoder_patch_size(m.name, m.patch_size)
+    names = known_architectures() + list(VIDEO_ARCHITECTURES)
+    _require(m.name in names, f"model.name '{m.name}' is not a known architecture; choose one of {', '.join(names)}")
+    video = m.name in VIDEO_ARCHITECTURES
+    if video:
+        _require(d.num_frames > 0 and d.num_frames % 2 == 0, f"data.num_frames must be even, got {d.num_frames}")
+        _require(d.frame_stride > 0, f"data.frame_stride must be positive, got {d.frame_stride}")
+        _require(len(d.short_side) == 2 and 0 < d.short_side[0] <= d.short_side[1],
+                 f"data.short_side must be [lo, hi] with 0 < lo <= hi, got {list(d.short_side)}")  # fmt: skip
+        _require(d.num_clips > 0 and d.num_crops in (1, 3), "data.num_clips must be >= 1 and data.num_crops 1 or 3")
+        _require(0 <= t.frame_index < 2, f"target.frame_index must be 0 or 1 (2-frame patches), got {t.frame_index}")
+        _require(t.name == "hog", "video pre-training supports target.name=hog")
+        _require(m.patch_size is None, "model.patch_size is fixed for video models (2x16x16 tubelets)")
+        if m.name.startswith("mvit"):
+            _require(m.depth is None, "model.depth does not apply to MViT (its stage depths are fixed by size)")
+            _require(d.image_size % 32 == 0, f"data.image_size must be a multiple of 32 for MViT, got {d.image_size}")
+    masks = VIDEO_MASKS if video else IMAGE_MASKS
+    _require(cfg.mask.type == "auto" or cfg.mask.type in masks,
+             f"mask.type must be auto or one of {', '.join(masks)} for {'video' if video else 'image'} models, "
+             f"got '{cfg.mask.type}'")  # fmt: skip
+    if cfg.mask.unit is not None:
+        _require(len(cfg.mask.unit) == (3 if video else 2) and all(u > 0 for u in cfg.mask.unit),
+                 f"mask.unit must have {3 if video else 2} positive factors, got {list(cfg.mask.unit)}")  # fmt: skip
+    patch = 16 if video else encoder_patch_size(m.name, m.patch_size)
     _require(patch > 0, f"model.patch_size must be positive, got {patch}")
     _require(
         d.image_size % patch == 0,
@@ -268,7 +297,6 @@ def validate(cfg: DictConfig, command: str) -> None:
                 d.image_size % t.gaussian_window == 0,
                 f"data.image_size={d.image_size} is not divisible by target.gaussian_window={t.gaussian_window}",
             )
-    _require(cfg.mask.type in MASK_TYPES, f"mask.type must be one of {', '.join(MASK_TYPES)}, got '{cfg.mask.type}'")
     _require(0 < cfg.mask.ratio < 1, f"mask.ratio must be in (0, 1), got {cfg.mask.ratio}")
     _require(tr.epochs > 0, f"train.epochs must be positive, got {tr.epochs}")
     _require(tr.batch_size > 0, f"train.batch_size must be positive, got {tr.batch_size}")

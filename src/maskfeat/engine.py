@@ -158,7 +158,8 @@ def evaluate(
     model: nn.Module, loader: Iterable[dict], device: torch.device, amp_dtype: torch.dtype | None = None
 ) -> dict[str, float]:
     """Classification accuracy over ``loader``: ``{"top1", "top5", "loss"}`` in percent (top-k with k capped
-    at the number of classes), every sample counted once."""
+    at the number of classes), every sample counted once. Multi-view video batches ``(B, V, C, T, H, W)`` are
+    scored per video: the softmax of its V views (temporal clips x spatial crops) averaged."""
     model.eval()
     correct1 = correct5 = loss_sum = 0.0
     count = 0
@@ -167,9 +168,12 @@ def evaluate(
             continue
         x = batch["images"].to(device, non_blocking=True)
         y = batch["labels"].to(device, non_blocking=True)
+        views = x.shape[1] if x.dim() == 6 else 1
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = model(x.flatten(0, 1) if x.dim() == 6 else x)
         logits = logits.float()
+        if x.dim() == 6:  # average the views' probabilities; log of the mean as the logits
+            logits = logits.view(len(y), views, -1).softmax(-1).mean(1).clamp_min(1e-12).log()
         loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices  # (B, k)
         hits = top == y[:, None]

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+from functools import partial
 
 import numpy as np
 import torch
@@ -28,12 +29,23 @@ from torch import nn
 
 from maskfeat import checkpoint as ckpt_io
 from maskfeat.config import ConfigError, to_yaml
-from maskfeat.data import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, eval_transform, sample_labeled_folder
+from maskfeat.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageDataset,
+    eval_transform,
+    sample_labeled_folder,
+    sample_video_folder,
+)
+from maskfeat.data.video import VideoDataset
+from maskfeat.data.video_transforms import VideoTrainTransform
 from maskfeat.engine import evaluate
 from maskfeat.masking import MaskCollator
 from maskfeat.models import create_encoder, encoder_model_args
+from maskfeat.models.mvit import MViTEncoder, load_pretrained_mvit
+from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
-from maskfeat.pretrain import steps_per_epoch
+from maskfeat.pretrain import is_video, steps_per_epoch, video_model_args
 from maskfeat.runner import Job, amp_dtype, fit, make_loader, setup_run, wrap_for_training
 
 log = logging.getLogger("maskfeat")
@@ -43,9 +55,10 @@ def labeled_folders(cfg: DictConfig, need_train: bool = True) -> tuple[str | Non
     """(train, val) folders: ``data.path`` / ``data.val_path``, or the embedded labeled sample images when both
     are null (crops of scikit-image's photos, one class per photo)."""
     if cfg.data.path is None and cfg.data.val_path is None:
-        train = sample_labeled_folder(split="train", size=160) if need_train else None
-        val = sample_labeled_folder(split="val", size=160)
-        log.info(f"data.path and data.val_path not set: using the embedded labeled sample images ({val})")
+        make = sample_video_folder if is_video(cfg) else partial(sample_labeled_folder, size=160)
+        train = make(split="train") if need_train else None
+        val = make(split="val")
+        log.info(f"data.path and data.val_path not set: using the embedded labeled samples ({val})")
         return train, val
     if need_train and cfg.data.path is None:
         raise ConfigError("data.path=... is needed: a folder of class sub-folders to train on")
@@ -63,9 +76,30 @@ def label_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
     return sorted(keep)
 
 
-def _train_dataset(cfg: DictConfig, folder: str, linprobe: bool) -> ImageDataset:
+def _train_dataset(cfg: DictConfig, folder: str, linprobe: bool) -> ImageDataset | VideoDataset:
     d = cfg.data
-    transform = create_transform(
+    if is_video(cfg):
+        transform = VideoTrainTransform(crop_size=d.image_size, short_side=tuple(d.short_side),
+                                        scale=tuple(d.crop_scale), hflip=d.hflip)  # fmt: skip
+        full = VideoDataset(folder, num_frames=d.num_frames, stride=d.frame_stride, transform=transform)
+    else:
+        full = ImageDataset(folder, _image_train_transform(cfg, linprobe))
+    if not full.classes:
+        raise ConfigError(f"data.path={folder} has no class sub-folders: classification needs labeled data")
+    if d.label_fraction >= 1:
+        return full
+    keep = label_subset(full.labels, d.label_fraction, cfg.seed)
+    files, labels = full.files, full.labels
+    clip = {"num_frames": d.num_frames, "stride": d.frame_stride} if is_video(cfg) else {}
+    subset = type(full)(folder, transform=full.transform, files=[files[i] for i in keep],
+                        labels=[labels[i] for i in keep], classes=full.classes, **clip)  # fmt: skip
+    log.info(f"data.label_fraction={d.label_fraction}: training on {len(subset)} of {len(full)} labeled samples")
+    return subset
+
+
+def _image_train_transform(cfg: DictConfig, linprobe: bool):
+    d = cfg.data
+    return create_transform(
         d.image_size,
         is_training=True,
         scale=tuple(d.crop_scale),
@@ -78,21 +112,17 @@ def _train_dataset(cfg: DictConfig, folder: str, linprobe: bool) -> ImageDataset
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
     )
-    full = ImageDataset(folder, transform)
-    if not full.classes:
-        raise ConfigError(f"data.path={folder} has no class sub-folders: classification needs labeled images")
-    if d.label_fraction >= 1:
-        return full
-    keep = label_subset(full.labels, d.label_fraction, cfg.seed)
-    files, labels = full.files, full.labels
-    subset = ImageDataset(folder, transform, files=[files[i] for i in keep], labels=[labels[i] for i in keep],
-                          classes=full.classes)  # fmt: skip
-    log.info(f"data.label_fraction={d.label_fraction}: training on {len(subset)} of {len(full)} labeled images")
-    return subset
 
 
-def _val_loader(cfg: DictConfig, folder: str, classes: list[str], device: torch.device, image_size: int):
-    dataset = ImageDataset(folder, eval_transform(image_size, crop_pct=cfg.data.crop_pct))
+def _val_loader(cfg: DictConfig, folder: str, classes: list[str], device: torch.device, image_size: int,
+                video: bool):  # fmt: skip
+    """Images: resize + centre crop. Video: ``data.num_clips`` x ``data.num_crops`` views per video."""
+    d = cfg.data
+    if video:
+        dataset = VideoDataset(folder, num_frames=d.num_frames, stride=d.frame_stride, mode="eval",
+                               num_clips=d.num_clips, num_crops=d.num_crops, crop_size=image_size)  # fmt: skip
+    else:
+        dataset = ImageDataset(folder, eval_transform(image_size, crop_pct=d.crop_pct))
     if classes and dataset.classes != classes:
         raise ConfigError(
             f"data.val_path={folder} has classes {dataset.classes[:5]}... but training has {classes[:5]}...: "
@@ -104,13 +134,14 @@ def _val_loader(cfg: DictConfig, folder: str, classes: list[str], device: torch.
 
 
 def build_classifier(meta: dict, kind: str, drop_path: float = 0.0) -> nn.Module:
-    """A classifier from ``{"architecture", "model_args"}``: a timm ViT with its own head (finetune) or a frozen
-    encoder with a BatchNorm + linear head (linprobe). ``model_args`` holds ``num_classes``."""
+    """A classifier from ``{"architecture", "model_args"}``: a timm ViT (or a video encoder) with its own head
+    (finetune) or a frozen encoder with a BatchNorm + linear head (linprobe). ``model_args`` holds ``num_classes``."""
     args = dict(meta["model_args"])
     num_classes = args.pop("num_classes")
+    create = create_video_encoder if meta["architecture"] in VIDEO_ARCHITECTURES else create_encoder
     if kind == "finetune":
-        return create_encoder(meta["architecture"], args, num_classes=num_classes, drop_path=drop_path)
-    model = create_encoder(meta["architecture"], args, num_classes=0)
+        return create(meta["architecture"], args, num_classes=num_classes, drop_path=drop_path)
+    model = create(meta["architecture"], args, num_classes=0)
     dim = model.num_features
     model.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
     model.num_classes = num_classes
@@ -121,10 +152,14 @@ def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False) -> 
     """Load encoder weights into a classifier: the head (and the pre-training final norm, when the classifier
     pools with a new ``fc_norm``) are left out; position embeddings are resampled to the new grid."""
     state, meta = ckpt_io.read_encoder(path, allow_pickle)
+    if isinstance(model, MViTEncoder):  # the last stage's query pooling comes back: MViT's own loader
+        report = load_pretrained_mvit(model, state)
+        log.info(f"loaded pre-trained MViT from {path} (new: {', '.join(report.missing_keys) or 'none'})")
+        return
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))}
-    if isinstance(model.norm, nn.Identity):
+    if isinstance(getattr(model, "norm", None), nn.Identity):
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}
-    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
+    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape and state["pos_embed"].dim() == 3:
         old = state["pos_embed"].shape
         state["pos_embed"] = resample_abs_pos_embed(
             state["pos_embed"], list(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens
@@ -157,14 +192,17 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     cfg.train.lr = scaled_lr(tr.lr, tr.blr, total_batch)
 
     torch.manual_seed(cfg.seed)
-    args = encoder_model_args(d.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads)
-    if kind == "finetune":
-        args["global_pool"] = "avg"  # average of the patch tokens, then fc_norm (the MaskFeat/MAE recipe)
+    if is_video(cfg):
+        args = video_model_args(cfg, pretrain=False)
     else:
-        args.update(global_pool="avg", fc_norm=False)  # keep the pre-trained final norm, then average
+        args = encoder_model_args(d.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads)
+        if kind == "finetune":
+            args["global_pool"] = "avg"  # average of the patch tokens, then fc_norm (the MaskFeat/MAE recipe)
+        else:
+            args.update(global_pool="avg", fc_norm=False)  # keep the pre-trained final norm, then average
     meta = {"architecture": m.name, "model_args": {**args, "num_classes": num_classes}}
     model = build_classifier(meta, kind, drop_path=m.drop_path if kind == "finetune" else 0.0)
-    head = model.head[-1] if kind == "linprobe" else model.head
+    head = [layer for layer in model.head.modules() if isinstance(layer, nn.Linear)][-1]  # the classifier layer
     trunc_normal_(head.weight, std=m.head_init_std)
     nn.init.zeros_(head.bias)
     if m.checkpoint:
@@ -195,21 +233,25 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
         if mixup is not None:
             if len(x) % 2:  # Mixup pairs samples: drop one when an unreadable file left an odd batch
                 x, y = x[:-1], y[:-1]
-            x, y = mixup(x, y)
+            shape = x.shape
+            x, y = mixup(x.flatten(1, -3), y)  # video (B, C, T, H, W): mix / cut the same box in every frame
+            x = x.view(shape)
         return criterion(net(x), y)
 
-    val_loader = _val_loader(cfg, val_folder, dataset.classes, device, d.image_size) if val_folder else None
+    video = is_video(cfg)
+    val_loader = _val_loader(cfg, val_folder, dataset.classes, device, d.image_size, video) if val_folder else None
     if val_loader is None:
         log.warning("data.val_path not set: no evaluation during training")
     dtype = amp_dtype(tr.amp, device)
     out = cfg.output_dir
 
     def finish() -> None:
-        if kind == "finetune":  # a plain timm classifier: loads with timm.create_model(**model_args)
+        if kind == "finetune":  # image: a plain timm classifier, loads with timm.create_model(**model_args)
             ckpt_io.write_encoder(out, model.state_dict(), **meta)
+        weights = ", encoder.safetensors + encoder.json (with its head" + ("" if video else ", timm") + ")"
         log.info(
             f"done. Outputs in {out}: config.yaml, metrics.jsonl, {ckpt_io.LAST}, checkpoint-best.pt"
-            + (", encoder.safetensors + encoder.json (timm, with its head)" if kind == "finetune" else "")
+            + (weights if kind == "finetune" else "")
         )
 
     job = Job(
@@ -221,7 +263,8 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     )  # fmt: skip
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = (
-        f"{kind} {m.name} ({n_train / 1e6:.2f}M trainable params, {num_classes} classes) on {len(dataset)} images "
+        f"{kind} {m.name} ({n_train / 1e6:.2f}M trainable params, {num_classes} classes) on {len(dataset)} "
+        f"{'videos' if video else 'images'} "
         f"from {train_folder}; {world_size} process(es) on {device}, batch {total_batch}, lr {cfg.train.lr:.3g}"
     )
     return fit(cfg, job, device, summary)
@@ -255,7 +298,9 @@ def run_evaluate(cfg: DictConfig) -> dict:
     model = build_classifier(meta, kind)
     model.load_state_dict(state, strict=True)
     model.to(device)
-    loader = _val_loader(cfg, cfg.data.val_path, classes, device, meta["model_args"]["img_size"])
+    size = meta["model_args"]["img_size"]
+    video = meta["architecture"] in VIDEO_ARCHITECTURES
+    loader = _val_loader(cfg, cfg.data.val_path, classes, device, size[0] if isinstance(size, list) else size, video)
     num_classes = meta["model_args"]["num_classes"]
     if len(loader.dataset.classes) != num_classes:
         raise ConfigError(

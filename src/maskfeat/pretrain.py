@@ -15,8 +15,12 @@ from omegaconf import DictConfig
 from maskfeat import checkpoint as ckpt_io
 from maskfeat.config import ConfigError
 from maskfeat.data import ImageDataset, pretrain_transform
+from maskfeat.data.video import VideoDataset
+from maskfeat.data.video_transforms import VideoTrainTransform
 from maskfeat.masking import MaskCollator
 from maskfeat.models import MaskFeat, create_encoder, encoder_model_args, encoder_patch_size
+from maskfeat.models.video_maskfeat import VideoHOGTarget, VideoMaskFeat
+from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder, video_encoder_args
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.runner import Job, data_folder, fit, make_loader, setup_run, wrap_for_training
 from maskfeat.targets import build_target
@@ -24,17 +28,71 @@ from maskfeat.targets import build_target
 log = logging.getLogger("maskfeat")
 
 
-def build_model(cfg: DictConfig) -> tuple[MaskFeat, dict]:
-    """The MaskFeat model and the encoder's ``{"architecture", "model_args"}``."""
+def is_video(cfg: DictConfig) -> bool:
+    return cfg.model.name in VIDEO_ARCHITECTURES
+
+
+def video_model_args(cfg: DictConfig, pretrain: bool) -> dict:
+    """The JSON-able arguments of the video encoder of ``model.name`` (MViT: pretrain = stride-16 output)."""
+    m = cfg.model
+    sizes = {k: v for k, v in (("embed_dim", m.embed_dim), ("depth", m.depth), ("num_heads", m.num_heads)) if v}
+    if m.name.startswith("mvit"):
+        sizes["pretrain"] = pretrain
+    return video_encoder_args(m.name, img_size=cfg.data.image_size, num_frames=cfg.data.num_frames, **sizes)
+
+
+def build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
+    """The MaskFeat model (image or video, by ``model.name``) and the encoder's ``{"architecture", "model_args"}``."""
     m, t = cfg.model, cfg.target
-    args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads)
-    encoder = create_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
+    if is_video(cfg):
+        args = video_model_args(cfg, pretrain=True)
+        encoder = create_video_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
+        target = VideoHOGTarget(16, temporal_patch=2, frame_index=t.frame_index, nbins=t.nbins,
+                                cell_size=t.cell_size, gaussian_window=t.gaussian_window)  # fmt: skip
+        model = VideoMaskFeat(encoder, target)
+    else:
+        args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads)
+        encoder = create_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
+        patch = encoder_patch_size(m.name, m.patch_size)
+        target = build_target(t.name, patch, in_chans=3, nbins=t.nbins, cell_size=t.cell_size,
+                              gaussian_window=t.gaussian_window, norm_pix=t.norm_pix)  # fmt: skip
+        model = MaskFeat(encoder, target)
     if m.grad_checkpointing:
         encoder.set_grad_checkpointing(True)
-    patch = encoder_patch_size(m.name, m.patch_size)
-    target = build_target(t.name, patch, in_chans=3, nbins=t.nbins, cell_size=t.cell_size,
-                          gaussian_window=t.gaussian_window, norm_pix=t.norm_pix)  # fmt: skip
-    return MaskFeat(encoder, target), {"architecture": m.name, "model_args": args}
+    return model, {"architecture": m.name, "model_args": args}
+
+
+def token_grid(cfg: DictConfig, model: torch.nn.Module) -> tuple[int, ...]:
+    """The grid the masks are drawn on: (h, w) patches for images, the output grid (T/2, H/16, W/16) for video."""
+    if is_video(cfg):
+        return tuple(model.output_grid)
+    patch = encoder_patch_size(cfg.model.name, cfg.model.patch_size)
+    return (cfg.data.image_size // patch, cfg.data.image_size // patch)
+
+
+def mask_type(cfg: DictConfig, video: bool) -> str:
+    """``mask.type``, with auto resolved: block masks for images, cube masks for video (as the paper)."""
+    return cfg.mask.type if cfg.mask.type != "auto" else ("cube" if video else "block")
+
+
+def mask_collate(cfg: DictConfig, grid: tuple[int, ...]) -> MaskCollator:
+    """The collate function drawing ``mask.type`` masks (auto: block for images, cube for video) on ``grid``,
+    on units of ``mask.unit`` cells (auto: the official 2-frame x 32x32-pixel unit for video)."""
+    video = len(grid) == 3
+    kind = mask_type(cfg, video)
+    unit = tuple(cfg.mask.unit) if cfg.mask.unit is not None else ((1, 2, 2) if video else (1, 1))
+    if any(g % u for g, u in zip(grid, unit)):
+        unit = (1,) * len(grid)  # a grid too small for the unit: mask single tokens
+    return MaskCollator(kind, grid, cfg.mask.ratio, unit=unit)
+
+
+def pretrain_dataset(cfg: DictConfig, folder: str):
+    d = cfg.data
+    if is_video(cfg):
+        transform = VideoTrainTransform(crop_size=d.image_size, short_side=tuple(d.short_side),
+                                        scale=tuple(d.crop_scale), hflip=d.hflip)  # fmt: skip
+        return VideoDataset(folder, num_frames=d.num_frames, stride=d.frame_stride, transform=transform)
+    return ImageDataset(folder, pretrain_transform(d.image_size, scale=tuple(d.crop_scale), hflip=d.hflip))
 
 
 def masked_feature_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -57,20 +115,17 @@ def run_pretrain(cfg: DictConfig) -> dict:
     device, rank, world_size = setup_run(cfg)
     tr = cfg.train
     folder = data_folder(cfg)
-    dataset = ImageDataset(folder, pretrain_transform(cfg.data.image_size, scale=tuple(cfg.data.crop_scale),
-                                                      hflip=cfg.data.hflip))  # fmt: skip
-    patch = encoder_patch_size(cfg.model.name, cfg.model.patch_size)
-    grid = (cfg.data.image_size // patch, cfg.data.image_size // patch)
-    collate = MaskCollator(cfg.mask.type, grid, cfg.mask.ratio)
-    loader, sampler = make_loader(dataset, collate, tr.batch_size, cfg.data.num_workers, cfg.seed, device,
-                                  train=True, rank=rank, world_size=world_size)  # fmt: skip
+    dataset = pretrain_dataset(cfg, folder)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model, encoder_meta = build_model(cfg)
+    grid = token_grid(cfg, model)
+    loader, sampler = make_loader(dataset, mask_collate(cfg, grid), tr.batch_size, cfg.data.num_workers, cfg.seed,
+                                  device, train=True, rank=rank, world_size=world_size)  # fmt: skip
     spe = steps_per_epoch(len(dataset), folder, tr.batch_size, tr.accum_steps, world_size)
     total_steps = tr.epochs * spe
     total_batch = tr.batch_size * tr.accum_steps * world_size
     cfg.train.lr = scaled_lr(tr.lr, tr.blr, total_batch)
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model, encoder_meta = build_model(cfg)
     if cfg.model.checkpoint:
         _load_initial_weights(model, cfg.model.checkpoint, cfg.model.allow_pickle)
     model.to(device)
@@ -80,11 +135,13 @@ def run_pretrain(cfg: DictConfig) -> dict:
 
     out = cfg.output_dir
 
+    timm_note = "" if is_video(cfg) else " (timm)"
+
     def finish() -> None:
         ckpt_io.write_encoder(out, ckpt_io.encoder_state_dict(model.state_dict()), **encoder_meta)
         log.info(
             f"done. Outputs in {out}: config.yaml, metrics.jsonl, {ckpt_io.LAST}, encoder.safetensors + "
-            f"encoder.json (timm), tb/ (tensorboard --logdir {os.path.join(out, 'tb')})"
+            f"encoder.json{timm_note}, tb/ (tensorboard --logdir {os.path.join(out, 'tb')})"
         )
 
     job = Job(model=model, loss_fn=masked_feature_loss, optimizer=optimizer, scheduler=scheduler, loader=loader,
@@ -92,8 +149,9 @@ def run_pretrain(cfg: DictConfig) -> dict:
               finish=finish, train_model=wrap_for_training(model, device, world_size, tr.compile))  # fmt: skip
     n_params = sum(p.numel() for p in model.encoder.parameters())
     summary = (
-        f"pretrain {cfg.model.name} ({n_params / 1e6:.1f}M params, {grid[0]}x{grid[1]} patches of {patch}px, "
-        f"target {cfg.target.name} {model.target.dim}-d) on {len(dataset)} images from {folder}; "
+        f"pretrain {cfg.model.name} ({n_params / 1e6:.1f}M params, {'x'.join(map(str, grid))} tokens, "
+        f"target {cfg.target.name} {model.target.dim}-d) on {len(dataset)} {'videos' if is_video(cfg) else 'images'}"
+        f" from {folder}; "
         f"{world_size} process(es) on {device}, batch {total_batch}, lr {cfg.train.lr:.3g}"
     )
     return fit(cfg, job, device, summary)

@@ -23,7 +23,7 @@ from torch import nn
 
 from maskfeat import checkpoint as ckpt_io
 from maskfeat.config import ConfigError, to_yaml
-from maskfeat.data import SeededSampler, sample_image_folder
+from maskfeat.data import SeededSampler, sample_image_folder, sample_video_folder
 from maskfeat.distributed import cleanup, init_distributed, is_main_process, local_rank
 from maskfeat.engine import LoopOptions, LoopStats, train_one_epoch
 from maskfeat.tracking import RunLog
@@ -52,9 +52,15 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def data_folder(cfg: DictConfig) -> str:
-    """``data.path``, or the embedded sample images when it is null."""
+    """``data.path``, or the embedded sample images (or clips, for a video model) when it is null."""
     if cfg.data.path:
         return cfg.data.path
+    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
+
+    if cfg.model.name in VIDEO_ARCHITECTURES:
+        path = sample_video_folder(split="train")
+        log.info(f"data.path not set: using the embedded sample clips (photos under camera motion) in {path}")
+        return path
     path = sample_image_folder(num_images=cfg.data.sample_images, size=SAMPLE_IMAGE_SIZE, seed=0)
     log.info(f"data.path not set: using {cfg.data.sample_images} embedded sample images in {path}")
     return path

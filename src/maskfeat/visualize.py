@@ -20,6 +20,7 @@ from maskfeat.config import Config, ConfigError
 from maskfeat.data import ImageDataset, denormalize, eval_transform
 from maskfeat.masking import get_mask_function
 from maskfeat.models import encoder_patch_size
+from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
 
 log = logging.getLogger("maskfeat")
 
@@ -108,7 +109,7 @@ def render_panels(
 
 def run_visualize(cfg: DictConfig) -> list[str]:
     """Write ``output_dir/visualize/NNN.png`` for the first ``visualize.num_images`` images of ``data.path``."""
-    from maskfeat.pretrain import build_model
+    from maskfeat.pretrain import build_model, mask_type
     from maskfeat.runner import data_folder
 
     path = cfg.model.checkpoint or os.path.join(cfg.output_dir, ckpt_io.LAST)
@@ -120,6 +121,8 @@ def run_visualize(cfg: DictConfig) -> list[str]:
         )
     state = ckpt_io.load_checkpoint(path, cfg.model.allow_pickle)
     run_cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    if run_cfg.model.name in VIDEO_ARCHITECTURES:
+        raise ConfigError(f"visualize draws image models; {path} is a video model ({run_cfg.model.name})")
     if run_cfg.target.name != "hog":
         raise ConfigError(f"visualize draws HOG targets; {path} was trained with target.name={run_cfg.target.name}")
     model, _ = build_model(run_cfg)
@@ -129,7 +132,7 @@ def run_visualize(cfg: DictConfig) -> list[str]:
     patch = encoder_patch_size(run_cfg.model.name, run_cfg.model.patch_size)
     grid = (size // patch, size // patch)
     dataset = ImageDataset(data_folder(cfg), eval_transform(size, crop_pct=1.0))
-    mask_fn = get_mask_function(cfg.mask.type)
+    mask_fn = get_mask_function(mask_type(cfg, video=False))
     out_dir = os.path.join(cfg.output_dir, "visualize")
     os.makedirs(out_dir, exist_ok=True)
     written = []

@@ -10,7 +10,14 @@ from .images import (
     sample_seed,
     scan_image_folder,
 )
-from .sample import SAMPLE_SOURCES, default_cache_dir, sample_image_folder, sample_labeled_folder
+from .sample import (
+    SAMPLE_MOTIONS,
+    SAMPLE_SOURCES,
+    default_cache_dir,
+    sample_image_folder,
+    sample_labeled_folder,
+    sample_video_folder,
+)
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -27,6 +34,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MEAN_RGB_UINT8",
+    "SAMPLE_MOTIONS",
     "SAMPLE_SOURCES",
     "DataError",
     "ImageDataset",
@@ -41,6 +49,7 @@ __all__ = [
     "pretrain_transform",
     "sample_image_folder",
     "sample_labeled_folder",
+    "sample_video_folder",
     "sample_seed",
     "scan_image_folder",
 ]

@@ -21,7 +21,14 @@ from PIL import Image
 
 from .images import DataError, load_rgb
 
-__all__ = ["SAMPLE_SOURCES", "default_cache_dir", "sample_image_folder", "sample_labeled_folder"]
+__all__ = [
+    "SAMPLE_MOTIONS",
+    "SAMPLE_SOURCES",
+    "default_cache_dir",
+    "sample_image_folder",
+    "sample_labeled_folder",
+    "sample_video_folder",
+]
 
 _VERSION = 1
 _MARKER = ".maskfeat_sample.json"
@@ -218,5 +225,89 @@ def sample_labeled_folder(
                 # keyed by the class's fixed position in SAMPLE_SOURCES, so a missing photo changes no other class
                 rng = np.random.default_rng([seed, stream, names.index(name), i])
                 _save_jpeg(_random_crop(image, size, rng), os.path.join(folder, name, f"{i:05d}.jpg"))
+
+    return _build_atomically(root, params, fill)
+
+
+#: Camera motions of :func:`sample_video_folder`, also its class names: (dx, dy) pixels per frame of the window
+#: over the photo, and a zoom factor per frame.
+SAMPLE_MOTIONS: dict[str, tuple[float, float, float]] = {
+    "pan_left": (-1.5, 0.0, 1.0),
+    "pan_right": (1.5, 0.0, 1.0),
+    "pan_up": (0.0, -1.5, 1.0),
+    "pan_down": (0.0, 1.5, 1.0),
+    "zoom_in": (0.0, 0.0, 0.985),
+    "zoom_out": (0.0, 0.0, 1.015),
+}
+
+
+def _motion_clip(photo: Image.Image, motion: tuple[float, float, float], frames: int, size: int,
+                 rng: np.random.Generator) -> list[np.ndarray]:  # fmt: skip
+    """``frames`` RGB frames (size x size) of a window moving over ``photo`` (start position and size random)."""
+    dx, dy, zoom = motion
+    w, h = photo.size
+    side = rng.uniform(0.35, 0.55) * min(w, h)
+    travel = frames * max(abs(dx), abs(dy)) + side * max(zoom, 1 / zoom) ** frames
+    cx = rng.uniform(min(travel, w / 2), max(w - travel, w / 2))
+    cy = rng.uniform(min(travel, h / 2), max(h - travel, h / 2))
+    out = []
+    for i in range(frames):
+        half = side * zoom**i / 2
+        x, y = cx + dx * i * side / 64, cy + dy * i * side / 64
+        box = (x - half, y - half, x + half, y + half)
+        out.append(np.asarray(photo.transform((size, size), Image.Transform.EXTENT, box, Image.Resampling.BILINEAR)))
+    return out
+
+
+def _write_mp4(path: str, frames: list[np.ndarray], fps: int = 25) -> None:
+    import av
+
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 8
+        stream.bit_rate = 2_000_000
+        for array in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def sample_video_folder(
+    root: str | None = None, split: str = "train", clips_per_class: int | None = None, frames: int = 32,
+    size: int = 96, seed: int = 0,
+) -> str:  # fmt: skip
+    """Builds (once) a folder of short real-photo clips under camera motion, one class per motion.
+
+    Each clip is a window moving over one of scikit-image's bundled photos (pan left/right/up/down, zoom in/out),
+    encoded as MPEG-4 in MP4 with PyAV: a video data set for the demo and tests, made offline, whose labels need
+    several frames (one frame alone cannot tell the motion).
+
+    Args:
+        root: target folder; default ``<cache>/sample_videos_v1/{split}_k{k}_f{frames}_s{size}_seed{seed}``.
+        split: ``"train"`` or ``"val"`` (disjoint random streams of the same seed).
+        clips_per_class: clips per motion (default 12 for train, 4 for val).
+        frames: frames per clip.
+        size: side of the square frames.
+        seed: seed of the windows and photos.
+
+    Returns:
+        The folder's absolute path (``<root>/<motion>/NNNNN.mp4``).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    k = clips_per_class or (12 if split == "train" else 4)
+    params = {"version": _VERSION, "kind": "videos", "split": split, "k": k, "frames": frames, "size": size,
+              "seed": seed}  # fmt: skip
+    root = root or os.path.join(default_cache_dir(), "sample_videos_v1", f"{split}_k{k}_f{frames}_s{size}_seed{seed}")
+
+    def fill(folder: str) -> None:
+        photos = list(_load_sources().values())
+        rng = np.random.default_rng([seed, 0 if split == "train" else 1, 7])
+        for motion, spec in SAMPLE_MOTIONS.items():
+            os.makedirs(os.path.join(folder, motion))
+            for i in range(k):
+                photo = photos[int(rng.integers(len(photos)))]
+                _write_mp4(os.path.join(folder, motion, f"{i:05d}.mp4"), _motion_clip(photo, spec, frames, size, rng))
 
     return _build_atomically(root, params, fill)

@@ -1,0 +1,391 @@
+"""MViTv2-S/B/L video encoders built on torchvision's MViT, with MaskFeat's masking and pre-training variant.
+
+Li et al., "MViTv2: Improved Multiscale Vision Transformers for Classification and Detection", CVPR 2022: a
+3x7x7 / stride 2x4x4 convolutional patch embedding, then four stages at strides 4, 8, 16, 32 whose first block
+pools the queries by 2x2 spatially and doubles width and heads; keys/values are pooled with an adaptive stride
+(1x8x8 in stage 1, divided by every query stride); relative position embeddings and residual pooling.
+
+Sizes (stage depths, stage-1 width, stage-1 heads), widths and heads doubling each stage:
+
+* ``mvit_v2_s``: [1, 2, 11, 2], 96 (96 -> 768), 1 (1, 2, 4, 8): 16 blocks
+* ``mvit_v2_b``: [2, 3, 16, 3], 96 (96 -> 768), 1: 24 blocks
+* ``mvit_v2_l``: [2, 6, 36, 4], 144 (144 -> 1152), 2 (2, 4, 8, 16): 48 blocks
+
+The block settings are built in torchvision's form (:class:`~torchvision.models.video.mvit.MSBlockConfig`,
+one per block; a stage's first block changes the width inside its attention, ``proj_after_attn``), and for
+``mvit_v2_s`` they equal those of torchvision's ``mvit_v2_s`` builder, so that model's weights load here.
+
+MaskFeat pre-training (as the official SlowFast code) keeps the output at stride 16: the *pre-training variant*
+sets the last stage's query-pooling stride to 1 (its width and heads still double). Without that query stride the
+adaptive key/value stride is not divided either, so the last stage pools keys/values 1x2x2 (at stride 16) instead
+of 1x1x1 (at stride 32). Pooling layers keep their (depthwise conv + norm) parameters whatever the stride, and the
+skip max-pool has none, so the fine-tuning variant loads everything but the last stage's relative position tables
+whose length follows the pooled sizes: :func:`load_pretrained_mvit` resamples those.
+
+torchvision internals used (torchvision >= 0.15; checked with 0.29): ``MViT.__init__``'s arguments, its
+submodules ``conv_proj`` (Conv3d patch embedding), ``pos_encoding`` (``PositionalEncoding``: prepends the class
+token; with ``rel_pos_embed=True`` it holds no absolute position embedding), ``blocks`` (``MultiscaleBlock``,
+called as ``block(x, thw) -> (x, thw)``), ``norm`` and ``head`` (``Sequential(Dropout, Linear)``); the attention's
+``rel_pos_h/w/t`` parameter names; and ``MSBlockConfig``. We do not call ``MViT.forward`` (it assumes the default
+clip size and always classifies), but run the same steps, inserting the [MASK] token after ``conv_proj``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+from torchvision.models.video.mvit import MSBlockConfig, MViT
+
+from maskfeat.models.video_vit import _pair, apply_token_mask
+
+__all__ = [
+    "MVIT_SIZES",
+    "MViTEncoder",
+    "MViTLoadReport",
+    "build_mvit",
+    "create_mvit",
+    "load_pretrained_mvit",
+    "mvit_args",
+    "mvit_block_settings",
+]
+
+MVIT_SIZES: dict[str, dict[str, Any]] = {
+    "mvit_v2_s": {"depths": [1, 2, 11, 2], "embed_dim": 96, "num_heads": 1},
+    "mvit_v2_b": {"depths": [2, 3, 16, 3], "embed_dim": 96, "num_heads": 1},
+    "mvit_v2_l": {"depths": [2, 6, 36, 4], "embed_dim": 144, "num_heads": 2},
+}
+
+# MViTv2's fixed choices: the patch embedding, the pooling kernels, the initial adaptive key/value stride.
+PATCH_KERNEL, PATCH_STRIDE, PATCH_PADDING = (3, 7, 7), (2, 4, 4), (1, 3, 3)
+POOL_KERNEL = (3, 3, 3)
+KV_STRIDE = (1, 8, 8)
+STAGE_Q_STRIDE = (1, 2, 2)
+# torchvision's names of the relative position tables of an attention layer.
+_REL_POS_NAMES = ("rel_pos_h", "rel_pos_w", "rel_pos_t")
+
+
+def mvit_block_settings(
+    depths: Sequence[int], embed_dim: int, num_heads: int, pretrain: bool = False
+) -> list[MSBlockConfig]:
+    """One :class:`MSBlockConfig` per block of an MViTv2 with stage ``depths``.
+
+    Stage ``s`` has width ``embed_dim * 2**s`` and ``num_heads * 2**s`` heads; its first block (``s > 0``) takes
+    the previous width in, pools the queries by ``STAGE_Q_STRIDE`` and divides the key/value stride by it. Every
+    block pools queries and keys/values with a 3x3x3 kernel (stride 1 where it does not downsample).
+
+    Args:
+        depths: Blocks per stage (four for MViTv2).
+        embed_dim: Width of the first stage.
+        num_heads: Heads of the first stage.
+        pretrain: MaskFeat's pre-training variant: no query pooling in the last stage (output at stride 16).
+    """
+    if len(depths) < 1 or min(depths) < 1:
+        raise ValueError(f"every stage needs at least one block, got depths={list(depths)}")
+    settings: list[MSBlockConfig] = []
+    kv_stride = list(KV_STRIDE)
+    last = len(depths) - 1
+    prev_dim = embed_dim
+    for s, depth in enumerate(depths):
+        dim, heads = embed_dim * 2**s, num_heads * 2**s
+        for j in range(depth):
+            downsample = j == 0 and s > 0 and not (pretrain and s == last)
+            stride_q = list(STAGE_Q_STRIDE) if downsample else [1, 1, 1]
+            # the adaptive key/value stride: keys stay at (about) the same resolution through the network
+            kv_stride = [max(k // q, 1) for k, q in zip(kv_stride, stride_q)]
+            settings.append(
+                MSBlockConfig(
+                    num_heads=heads,
+                    input_channels=prev_dim if j == 0 else dim,
+                    output_channels=dim,
+                    kernel_q=list(POOL_KERNEL),
+                    kernel_kv=list(POOL_KERNEL),
+                    stride_q=stride_q,
+                    stride_kv=list(kv_stride),
+                )
+            )
+        prev_dim = dim
+    return settings
+
+
+def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - kernel) // stride + 1
+
+
+class MViTEncoder(nn.Module):
+    """An MViTv2 (torchvision's modules) with MaskFeat's [MASK] token and a timm-style interface.
+
+    The submodules are torchvision's ``MViT`` ones under the same names (``conv_proj``, ``pos_encoding``,
+    ``blocks``, ``norm``, ``head``), so the ``state_dict`` of a fine-tuning variant with ``num_classes > 0``
+    loads into (and from) a torchvision ``MViT`` with the same block settings. ``num_classes == 0`` replaces the
+    classifier by Identity (the pre-training encoder has none).
+
+    Args:
+        depths: Blocks per stage.
+        embed_dim: Width of the first stage (the patch embedding, and the [MASK] token).
+        num_heads: Heads of the first stage.
+        img_size: Frame size (int or (H, W)) the relative position tables are sized for.
+        num_frames: Clip length T.
+        pretrain: Pre-training variant: the last stage keeps stride 16 (see :func:`mvit_block_settings`).
+        num_classes: Classifier outputs, 0 = none.
+        drop_path: Stochastic depth of the last block (torchvision: linear in the block index from 0).
+        head_drop: Dropout before the classifier (torchvision's default 0.5).
+        global_pool: ``'token'`` (the class token, as torchvision) or ``'avg'`` (mean of the patch tokens).
+    """
+
+    def __init__(
+        self,
+        depths: Sequence[int] = (1, 2, 11, 2),
+        embed_dim: int = 96,
+        num_heads: int = 1,
+        img_size: int | Sequence[int] = 224,
+        num_frames: int = 16,
+        pretrain: bool = False,
+        num_classes: int = 0,
+        drop_path: float = 0.0,
+        head_drop: float = 0.5,
+        global_pool: str = "token",
+    ) -> None:
+        super().__init__()
+        if global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        H, W = _pair(img_size)
+        self.block_setting = mvit_block_settings(depths, embed_dim, num_heads, pretrain=pretrain)
+        if len(self.block_setting) < 2:
+            raise ValueError("torchvision's MViT needs at least two blocks (its drop-path schedule divides by n - 1)")
+        mvit = MViT(
+            spatial_size=(H, W),
+            temporal_size=num_frames,
+            block_setting=self.block_setting,
+            residual_pool=True,  # MViTv2's residual pooling connection
+            residual_with_cls_embed=False,
+            rel_pos_embed=True,  # MViTv2's decomposed relative position embeddings (no absolute ones)
+            proj_after_attn=True,  # width changes inside the attention ("dim_mul_in_att")
+            dropout=head_drop,
+            stochastic_depth_prob=drop_path,
+            num_classes=max(num_classes, 1),
+            patch_embed_kernel=PATCH_KERNEL,
+            patch_embed_stride=PATCH_STRIDE,
+            patch_embed_padding=PATCH_PADDING,
+        )
+        # Adopt torchvision's modules under their own names (see the class docstring); MViT.forward is not used.
+        self.conv_proj = mvit.conv_proj
+        self.pos_encoding = mvit.pos_encoding
+        self.blocks = mvit.blocks
+        self.norm = mvit.norm
+        self.head = mvit.head if num_classes > 0 else nn.Identity()
+
+        self.pretrain = pretrain
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_prefix_tokens = 1  # torchvision's PositionalEncoding always prepends a class token
+        self.embed_dim = embed_dim  # width of the patch embedding (and of the mask token)
+        self.num_features = self.block_setting[-1].output_channels  # width of the output tokens
+        self.grad_checkpointing = False
+        self.patch_grid = (
+            _conv_out(num_frames, PATCH_KERNEL[0], PATCH_STRIDE[0], PATCH_PADDING[0]),
+            _conv_out(H, PATCH_KERNEL[1], PATCH_STRIDE[1], PATCH_PADDING[1]),
+            _conv_out(W, PATCH_KERNEL[2], PATCH_STRIDE[2], PATCH_PADDING[2]),
+        )
+        grid = list(self.patch_grid)
+        for cnf in self.block_setting:  # the query pooling (conv, padding kernel // 2) sets the token grid
+            grid = [_conv_out(n, k, s, k // 2) if s > 1 else n for n, k, s in zip(grid, cnf.kernel_q, cnf.stride_q)]
+        self.output_grid = tuple(grid)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names / fnmatch patterns without weight decay: the class token and relative position tables."""
+        return {"pos_encoding.class_token", *(f"blocks.*.attn.{n}" for n in _REL_POS_NAMES)}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's layer grouping (for layer-wise lr decay): the embedding first, one layer per block, norm/head last."""
+        return {
+            "stem": r"^conv_proj|^pos_encoding",
+            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+        }
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_tokens(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Encodes a clip; returns every token after the final norm, the class token first.
+
+        Args:
+            x: (B, 3, T, H, W) clip.
+            mask: None or bool (B, T', H', W') / (B, T'H'W') on the patch-embedding grid ``patch_grid``
+                (T/2, H/4, W/4), True = masked.
+            mask_token: (embed_dim,) / (1, 1, embed_dim) embedding put in the masked positions.
+
+        Returns:
+            (B, 1 + N_out, num_features), N_out = prod(output_grid) for the default clip size.
+        """
+        x = self.conv_proj(x)  # (B, C, T', H', W')
+        thw = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
+        x = x.flatten(2).transpose(1, 2)  # (B, T'H'W', C), tokens ordered (t, h, w)
+        # [MASK] replaces the masked patch embeddings before the positional encoding (class token; relative
+        # positions act inside the attention), as MaskFeat does.
+        x = apply_token_mask(x, mask, mask_token)
+        x = self.pos_encoding(x)  # (B, 1 + N, C)
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x, thw = torch.utils.checkpoint.checkpoint(block, x, thw, use_reentrant=False)
+            else:
+                x, thw = block(x, thw)
+        return self.norm(x)
+
+    def forward_features(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Like :meth:`forward_tokens` but the patch tokens only: (B, N_out, num_features), class token dropped."""
+        return self.forward_tokens(x, mask, mask_token)[:, self.num_prefix_tokens :]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pools the output of :meth:`forward_tokens` (B, 1 + N, D) and classifies: (B, num_classes)."""
+        x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        if pre_logits:
+            return x
+        return self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifies a clip (B, 3, T, H, W) -> (B, num_classes) (pooled features when num_classes == 0)."""
+        return self.forward_head(self.forward_tokens(x))
+
+
+# -------------------------------------------------------------------------------------------------------------------
+# Building, rebuilding from JSON-able arguments, and loading pre-trained weights
+# -------------------------------------------------------------------------------------------------------------------
+
+
+def mvit_args(
+    size: str = "mvit_v2_s",
+    img_size: int | Sequence[int] = 224,
+    num_frames: int = 16,
+    pretrain: bool = False,
+    global_pool: str = "token",
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The complete, JSON-able architecture arguments of an :class:`MViTEncoder` of ``size`` (see MVIT_SIZES).
+
+    ``overrides`` may change ``depths``, ``embed_dim`` or ``num_heads`` (tiny test models). Training settings
+    (drop path, head dropout, classes) stay out.
+    """
+    if size not in MVIT_SIZES:
+        raise ValueError(f"unknown MViT size '{size}'; choose one of {', '.join(MVIT_SIZES)}")
+    unknown = set(overrides) - {"depths", "embed_dim", "num_heads"}
+    if unknown:
+        raise ValueError(f"unknown MViT arguments: {sorted(unknown)}")
+    arch = {**MVIT_SIZES[size], **overrides}
+    return {
+        "depths": [int(d) for d in arch["depths"]],
+        "embed_dim": int(arch["embed_dim"]),
+        "num_heads": int(arch["num_heads"]),
+        "img_size": list(_pair(img_size)),
+        "num_frames": int(num_frames),
+        "pretrain": bool(pretrain),
+        "global_pool": global_pool,
+    }
+
+
+def create_mvit(
+    args: dict[str, Any], num_classes: int = 0, drop_path: float = 0.0, head_drop: float = 0.5
+) -> MViTEncoder:
+    """An :class:`MViTEncoder` rebuilt from :func:`mvit_args` output plus the training settings."""
+    return MViTEncoder(**args, num_classes=num_classes, drop_path=drop_path, head_drop=head_drop)
+
+
+def build_mvit(
+    size: str = "mvit_v2_s",
+    num_frames: int = 16,
+    img_size: int | Sequence[int] = 224,
+    num_classes: int = 0,
+    drop_path: float = 0.0,
+    pretrain: bool = False,
+    head_drop: float = 0.5,
+    global_pool: str = "token",
+    **overrides: Any,
+) -> MViTEncoder:
+    """MViTv2 ``size`` for MaskFeat pre-training (``pretrain=True``: output at T/2 x H/16 x W/16) or fine-tuning
+    (``pretrain=False``: the standard MViTv2, output at T/2 x H/32 x W/32). ``overrides``: see :func:`mvit_args`."""
+    args = mvit_args(
+        size, img_size=img_size, num_frames=num_frames, pretrain=pretrain, global_pool=global_pool, **overrides
+    )
+    return create_mvit(args, num_classes=num_classes, drop_path=drop_path, head_drop=head_drop)
+
+
+class MViTLoadReport(NamedTuple):
+    """What :func:`load_pretrained_mvit` did.
+
+    Attributes:
+        missing_keys: Fine-tuning model entries not in the pre-trained state (kept as initialised: the classifier).
+        unexpected_keys: Pre-trained entries not loaded (absent from the fine-tuning model, or the pre-training
+            classifier / wrapper parameters such as ``mask_token`` and the HOG ``head``).
+        resized_keys: Relative position tables resampled to the fine-tuning length: name -> (old shape, new shape).
+    """
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+    resized_keys: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear resampling of a relative position table (L, C) -> (length, C), as torchvision does at run time."""
+    t = table.detach().float().t()[None]  # (1, C, L)
+    return F.interpolate(t, size=length, mode="linear", align_corners=False)[0].t().to(table.dtype)
+
+
+def load_pretrained_mvit(finetune_model: MViTEncoder, pretrain_state: dict[str, torch.Tensor]) -> MViTLoadReport:
+    """Loads the weights of a pre-training variant into a fine-tuning one (query pooling of the last stage restored).
+
+    Every pooling layer keeps its parameters (depthwise 3x3x3 conv + LayerNorm) whatever its stride and the skip
+    max-pool has none, so all block weights carry over; relative position tables whose length changed (the last
+    stage's, ``2 * max(q, kv) - 1`` of the pooled sizes; also any table after a change of clip size) are resampled
+    linearly along their length. The classifier is never taken from ``pretrain_state``.
+
+    Args:
+        finetune_model: The model to load into (modified in place).
+        pretrain_state: The encoder's ``state_dict``, or a whole pre-training wrapper's (keys ``encoder.*``; the
+            other keys are reported as unexpected).
+
+    Returns:
+        A :class:`MViTLoadReport`.
+
+    Raises:
+        ValueError: A non-relative-position tensor has a different shape (another architecture).
+    """
+    unexpected: list[str] = []
+    state = dict(pretrain_state)
+    if any(k.startswith("encoder.") for k in state):
+        unexpected += [k for k in state if not k.startswith("encoder.")]
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    own = finetune_model.state_dict()
+    to_load: dict[str, torch.Tensor] = {}
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    mismatched: list[str] = []
+    for k, v in state.items():
+        if k not in own or k.startswith("head."):
+            unexpected.append(k)
+            continue
+        want = own[k].shape
+        if v.shape != want:
+            if k.rsplit(".", 1)[-1] in _REL_POS_NAMES and v.ndim == 2 and v.shape[1] == want[1]:
+                resized[k] = (tuple(v.shape), tuple(want))
+                v = _resize_rel_pos(v, want[0])
+            else:
+                mismatched.append(f"{k}: {tuple(v.shape)} vs {tuple(want)}")
+                continue
+        to_load[k] = v
+    if mismatched:
+        raise ValueError("pre-trained weights do not fit the model: " + "; ".join(mismatched))
+    result = finetune_model.load_state_dict(to_load, strict=False)
+    return MViTLoadReport(sorted(result.missing_keys), sorted(unexpected), resized)

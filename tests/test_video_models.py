@@ -1,0 +1,270 @@
+"""Video encoders (VideoViT, MViTv2 on torchvision) and the video MaskFeat wrapper, at tiny sizes."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from timm.optim import create_optimizer_v2
+from torchvision.models.video import mvit_v2_s
+from torchvision.models.video.mvit import MViT
+
+from maskfeat.hog import hog_patch_targets
+from maskfeat.models.mvit import MVIT_SIZES, MViTEncoder, build_mvit, load_pretrained_mvit
+from maskfeat.models.video_maskfeat import VideoHOGTarget, VideoMaskFeat, upsample_token_mask
+from maskfeat.models.video_vit import (
+    VIDEO_ARCHITECTURES,
+    VIDEO_VIT_SIZES,
+    VideoViT,
+    create_video_encoder,
+    video_encoder_args,
+)
+
+T, S = 4, 32  # clip: 4 frames of 32x32 -> output grid (T/2, S/16, S/16) = (2, 2, 2)
+OUT_GRID = (T // 2, S // 16, S // 16)
+N_OUT = OUT_GRID[0] * OUT_GRID[1] * OUT_GRID[2]
+
+# Tiny versions of the presets: the preset's stage-1 heads, stage-1 width / 12, a short last stage of two blocks
+# (so that a relative position table changes length between the pre-training and fine-tuning variants).
+TINY_MVIT = {
+    name: {"depths": [1, 1, 1, 2], "embed_dim": cfg["embed_dim"] // 12, "num_heads": cfg["num_heads"]}
+    for name, cfg in MVIT_SIZES.items()
+}
+TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def tiny_args(kind: str, **kw) -> dict:
+    tiny = TINY_VIT if VIDEO_ARCHITECTURES[kind] == "vit" else TINY_MVIT[kind]
+    args = video_encoder_args(kind, img_size=S, num_frames=T, **tiny, **kw)
+    return json.loads(json.dumps(args))  # what a checkpoint stores must survive JSON
+
+
+def tiny_encoder(kind: str, pretrain: bool = True, **kw) -> VideoViT | MViTEncoder:
+    extra = {"pretrain": pretrain} if VIDEO_ARCHITECTURES[kind] == "mvit" else {}
+    return create_video_encoder(kind, tiny_args(kind, **extra), **kw)
+
+
+def clip(batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, T, S, S, generator=torch.Generator().manual_seed(seed))
+
+
+KINDS = ["vit_s", *MVIT_SIZES]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: on a shared, loaded CPU, threads only add contention (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pretraining_forward_backward_reaches_every_parameter(kind):
+    torch.manual_seed(0)
+    model = VideoMaskFeat(tiny_encoder(kind), VideoHOGTarget())
+    assert model.output_grid == OUT_GRID
+    x = clip()
+    mask = torch.zeros(2, *OUT_GRID, dtype=torch.bool)
+    mask[0, 0], mask[1, :, 1] = True, True  # some masked, some visible tokens in every sample
+    loss, pred, target = model(x, mask)
+    assert pred.shape == target.shape == (2, N_OUT, 108)
+    # the target is hog_patch_targets' own (t, h, w)-ordered output: the encoder's token grid matches it
+    torch.testing.assert_close(target, hog_patch_targets(x, patch_size=16, temporal_patch=2))
+    assert torch.isfinite(loss)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"parameters without gradient: {missing}"
+    # the mask may also come flattened
+    loss2, _, _ = model(x, mask.flatten(1))
+    torch.testing.assert_close(loss2, loss)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_all_masked_output_ignores_the_video_but_not_the_position(kind):
+    torch.manual_seed(0)
+    model = VideoMaskFeat(tiny_encoder(kind), VideoHOGTarget()).eval()
+    a, b = clip(1, seed=1), clip(1, seed=2)
+    everything = torch.ones(1, *OUT_GRID, dtype=torch.bool)
+    with torch.no_grad():
+        fa, fb = model.forward_features(a, everything), model.forward_features(b, everything)
+        assert fa.shape == (1, N_OUT, model.encoder.num_features)
+        torch.testing.assert_close(fa, fb)  # the [MASK] token replaced every patch embedding
+        assert not torch.allclose(fa[0, 0], fa[0, 1])  # ...but the tokens still know where they are
+        nothing = torch.zeros_like(everything)
+        assert not torch.allclose(model.forward_features(a, nothing), model.forward_features(b, nothing))
+
+
+def test_mvit_mask_is_upsampled_to_the_patch_embedding_grid():
+    mask = torch.tensor([[[[True, False], [False, True]]]])  # (1, 1, 2, 2)
+    up = upsample_token_mask(mask, (1, 8, 8))
+    assert up.shape == (1, 1, 8, 8)
+    assert up[0, 0, :4, :4].all() and up[0, 0, 4:, 4:].all() and not up[0, 0, :4, 4:].any()
+    enc = tiny_encoder("mvit_v2_s")
+    assert enc.patch_grid == (T // 2, S // 4, S // 4) and enc.output_grid == OUT_GRID
+    with pytest.raises(ValueError):
+        upsample_token_mask(mask, (1, 6, 7))
+
+
+def test_mvit_presets_match_the_paper_and_torchvision():
+    expected = {"mvit_v2_s": (16, 768, 8), "mvit_v2_b": (24, 768, 8), "mvit_v2_l": (48, 1152, 16)}
+    for name, (blocks, width, heads) in expected.items():
+        with torch.device("meta"):
+            enc = build_mvit(name, pretrain=True)
+        assert len(enc.blocks) == blocks and enc.num_features == width
+        assert enc.block_setting[-1].num_heads == heads
+        assert enc.output_grid == (8, 14, 14)  # pre-training: stride 16 (T/2 x H/16 x W/16)
+        with torch.device("meta"):
+            assert build_mvit(name, pretrain=False).output_grid == (8, 7, 7)
+    # The fine-tuning MViTv2-S is torchvision's mvit_v2_s, parameter for parameter.
+    with torch.device("meta"):
+        ours, theirs = build_mvit("mvit_v2_s", num_classes=400), mvit_v2_s()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert sum(p.numel() for p in ours.parameters()) == 34_537_744  # torchvision's documented num_params
+
+
+def test_full_size_mvit_pretrain_to_finetune_load_resizes_only_the_last_stage_tables():
+    with torch.device("meta"):
+        pre = build_mvit("mvit_v2_s", pretrain=True)
+        ft = build_mvit("mvit_v2_s", pretrain=False, num_classes=400)
+    report = load_pretrained_mvit(ft, pre.state_dict())
+    assert report.missing_keys == ["head.1.bias", "head.1.weight"]
+    assert report.unexpected_keys == []
+    # block 14 pools q (stride 32) with unpooled kv: 2 * 14 - 1 = 27 either way; block 15: 27 (q 14, kv 7) -> 13
+    assert report.resized_keys == {
+        "blocks.15.attn.rel_pos_h": ((27, 96), (13, 96)),
+        "blocks.15.attn.rel_pos_w": ((27, 96), (13, 96)),
+    }
+
+
+@pytest.mark.parametrize("kind", list(MVIT_SIZES))
+def test_finetune_mvit_loads_the_pretrained_weights_and_classifies(kind):
+    torch.manual_seed(0)
+    pre = VideoMaskFeat(tiny_encoder(kind, pretrain=True), VideoHOGTarget())
+    ft = tiny_encoder(kind, pretrain=False, num_classes=5, head_drop=0.0)
+    assert ft.output_grid == (T // 2, S // 32, S // 32)
+    report = load_pretrained_mvit(ft, pre.state_dict())
+    # New in the fine-tuning model: the classifier only. Left over: the pre-training wrapper's token and head.
+    assert report.missing_keys == ["head.1.bias", "head.1.weight"]
+    assert report.unexpected_keys == ["head.bias", "head.weight", "mask_token"]
+    # Only the last stage's second block changes its relative position length (q and kv no longer at stride 16).
+    assert set(report.resized_keys) == {"blocks.4.attn.rel_pos_h", "blocks.4.attn.rel_pos_w"}
+    pre_state, ft_state = pre.encoder.state_dict(), ft.state_dict()
+    for k, v in pre_state.items():
+        if k not in report.resized_keys:
+            assert torch.equal(ft_state[k], v), k
+    # Up to the last stage both variants compute the same thing.
+    x = clip()
+    with torch.no_grad():
+        outs = []
+        for enc in (pre.encoder.eval(), ft.eval()):
+            h = enc.pos_encoding(enc.conv_proj(x).flatten(2).transpose(1, 2))
+            thw = enc.patch_grid
+            for block in enc.blocks[:3]:
+                h, thw = block(h, thw)
+            outs.append(h)
+        torch.testing.assert_close(outs[0], outs[1])
+        logits = ft(x)
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+
+
+def test_mvit_classification_equals_torchvision_forward():
+    torch.manual_seed(0)
+    ours = tiny_encoder("mvit_v2_s", pretrain=False, num_classes=5, head_drop=0.0).eval()
+    theirs = MViT(
+        spatial_size=(S, S),
+        temporal_size=T,
+        block_setting=ours.block_setting,
+        residual_pool=True,
+        residual_with_cls_embed=False,
+        rel_pos_embed=True,
+        proj_after_attn=True,
+        num_classes=5,
+    ).eval()
+    theirs.load_state_dict(ours.state_dict())  # strict: same names and shapes
+    x = clip()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("kind", ["vit_s", "mvit_v2_s"])
+def test_export_and_rebuild_from_json_args_gives_identical_outputs(kind):
+    torch.manual_seed(0)
+    args = tiny_args(kind)
+    enc = create_video_encoder(kind, args, num_classes=3).eval()
+    buf = io.BytesIO()
+    torch.save({"kind": kind, "args": json.dumps(args), "state_dict": enc.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    torch.manual_seed(1)  # another initialisation, overwritten by the weights
+    rebuilt = create_video_encoder(saved["kind"], json.loads(saved["args"]), num_classes=3).eval()
+    rebuilt.load_state_dict(saved["state_dict"])
+    x = clip()
+    mask = torch.rand(2, *enc.patch_grid, generator=torch.Generator().manual_seed(0)) < 0.5
+    token = torch.randn(enc.embed_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), enc(x), rtol=0, atol=0)
+        torch.testing.assert_close(rebuilt.forward_features(x, mask, token), enc.forward_features(x, mask, token))
+
+
+@pytest.mark.parametrize("kind", ["vit_s", "mvit_v2_s"])
+def test_layer_decay_param_groups(kind):
+    enc = tiny_encoder(kind, pretrain=False, num_classes=3)
+    opt = create_optimizer_v2(enc, "adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    names = {id(p): n for n, p in enc.named_parameters()}
+    seen = [names[id(p)] for g in opt.param_groups for p in g["params"]]
+    assert sorted(seen) == sorted(names.values())  # every parameter exactly once
+    scale = {names[id(p)]: g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    decay = {names[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    n_layers = len(enc.blocks) + 2  # embedding, one per block, final norm + head
+    assert len(set(scale.values())) == n_layers
+    stem, head = ("patch_embed.weight", "head.weight") if kind == "vit_s" else ("conv_proj.weight", "head.1.weight")
+    assert scale[stem] == pytest.approx(0.75 ** (n_layers - 1)) and scale[head] == 1.0
+    assert scale["blocks.0.norm1.weight"] == pytest.approx(0.75 ** (n_layers - 2))
+    no_decay = ["pos_embed_spatial", "cls_token"] if kind == "vit_s" else ["blocks.0.attn.rel_pos_h"]
+    assert all(decay[n] == 0.0 for n in no_decay) and decay[head] == 0.05
+
+
+@pytest.mark.parametrize("kind", ["vit_s", "mvit_v2_s"])
+def test_gradient_checkpointing_gives_the_same_result(kind):
+    torch.manual_seed(0)
+    enc = tiny_encoder(kind).train()
+    x = clip()
+    plain = enc.forward_features(x)
+    enc.set_grad_checkpointing(True)
+    checkpointed = enc.forward_features(x)
+    torch.testing.assert_close(plain, checkpointed)
+    checkpointed.sum().backward()
+    assert enc.blocks[0].norm1.weight.grad is not None
+
+
+def test_video_vit_presets_and_other_clip_lengths():
+    assert {k: (v["embed_dim"], v["depth"], v["num_heads"]) for k, v in VIDEO_VIT_SIZES.items()} == {
+        "vit_s": (384, 12, 6),
+        "vit_b": (768, 12, 12),
+        "vit_l": (1024, 24, 16),
+    }
+    with torch.device("meta"):
+        vit_b = create_video_encoder("vit_b", video_encoder_args("vit_b"))
+    assert vit_b.patch_grid == (8, 14, 14) and vit_b.pos_embed_spatial.shape == (1, 196, 768)
+    enc = tiny_encoder("vit_s")
+    # the separable position embeddings resample to another clip length / size
+    out = enc.forward_features(torch.randn(1, 3, 2 * T, 2 * S, S))
+    assert out.shape == (1, T * 4 * 2, 32)
+
+
+def test_pretraining_weight_decay_groups_exclude_tokens_and_relative_position_tables():
+    from maskfeat.optim import build_optimizer
+
+    model = VideoMaskFeat(tiny_encoder("mvit_v2_s"), VideoHOGTarget())
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert len(decay) == len(params)
+    for name in ("mask_token", "encoder.pos_encoding.class_token", "encoder.blocks.2.attn.rel_pos_t"):
+        assert decay[id(params[name])] == 0.0, name
+    for name in ("head.weight", "encoder.conv_proj.weight", "encoder.blocks.0.attn.qkv.weight"):
+        assert decay[id(params[name])] == 0.05, name
