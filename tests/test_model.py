@@ -17,8 +17,9 @@ def tiny_maskfeat(
     depth: int = 2,
     target: str = "hog",
     cell: int = 8,
+    **sizes: int,
 ) -> MaskFeat:
-    args = encoder_model_args(img, patch_size=patch, depth=depth)
+    args = encoder_model_args(img, patch_size=patch, depth=depth, **sizes)
     return MaskFeat(create_encoder(name, args), build_target(target, patch, cell_size=cell))
 
 
@@ -128,3 +129,30 @@ def test_schedule_warms_up_linearly_then_follows_a_cosine_to_the_minimum():
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert scaled_lr(None, 2e-4, 2048) == pytest.approx(1.6e-3)
     assert scaled_lr(3e-3, 2e-4, 2048) == 3e-3
+
+
+def test_masked_hog_is_learned_when_the_context_predicts_it():
+    """End to end through masks, [MASK] token, HOG target and loss: on images of oriented stripes the visible
+    patches tell the orientation of the masked ones, so the masked-HOG loss must fall far below its start."""
+    import math
+
+    from maskfeat.masking import block_mask
+
+    torch.manual_seed(0)
+    model = tiny_maskfeat(img=32, patch=8, cell=4, depth=2, embed_dim=64, num_heads=2)
+    opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(160):
+        angle = torch.rand(16, 1, 1, generator=g) * math.pi
+        freq = torch.rand(16, 1, 1, generator=g) * 0.5 + 0.3
+        x = torch.sin((xx * angle.cos() + yy * angle.sin()) * freq)[:, None].expand(16, 3, 32, 32)
+        mask = torch.stack([block_mask(4, 4, 0.4, generator=step * 16 + i) for i in range(16)])
+        loss = model(x, mask)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-20:]) / 20
+    assert last < 0.5 * first, (first, last)  # measured: 0.107 -> 0.039; predicting the mean stays near 0.1
