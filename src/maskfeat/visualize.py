@@ -63,6 +63,11 @@ def patches_to_hog(vectors: torch.Tensor, grid: tuple[int, int], chans: int, nbi
     return x.permute(2, 0, 3, 1, 4).reshape(nbins, gh * k, gw * k).numpy()
 
 
+def _dominant(hist: np.ndarray) -> np.ndarray:
+    """(nbins, h, w) histograms minus each cell's smallest bin."""
+    return hist - hist.min(axis=0, keepdims=True)
+
+
 def _label(img: Image.Image, text: str) -> Image.Image:
     out = Image.new("RGB", (img.width, img.height + 16), (255, 255, 255))
     out.paste(img.convert("RGB"), (0, 16))
@@ -87,17 +92,18 @@ def render_panels(
     masked = rgb.copy()
     pixel_mask = mask.repeat_interleave(patch, 0).repeat_interleave(patch, 1).numpy()
     masked[pixel_mask] = 128
-    t = patches_to_hog(target, grid, 3, nbins, k)
-    p = patches_to_hog(pred.clamp(min=0), grid, 3, nbins, k)
     cell_mask = mask.repeat_interleave(k, 0).repeat_interleave(k, 1).numpy()
-    p = p * cell_mask[None]  # predictions are the model's answer only where it could not see
-    top = max(t.max(), 1e-6)
+    # Both panels drawn alike: each cell's histogram above its smallest bin (its dominant orientations), each panel
+    # stretched to its own maximum. An MSE regressor under uncertainty predicts histograms shrunk towards the
+    # average one; the stretch shows which orientations it favours.
+    t = _dominant(patches_to_hog(target, grid, 3, nbins, k))
+    p = _dominant(patches_to_hog(pred, grid, 3, nbins, k)) * cell_mask[None]  # only where it could not see
     cell_px = cell * scale
     panels = [
         _label(Image.fromarray(rgb).resize(size, Image.NEAREST), "input"),
         _label(Image.fromarray(masked).resize(size, Image.NEAREST), f"masked {mask.float().mean():.0%}"),
-        _label(hog_glyphs(t / top, cell_px), "HOG target"),
-        _label(hog_glyphs(p / top, cell_px), "predicted HOG (masked)"),
+        _label(hog_glyphs(t / max(t.max(), 1e-6), cell_px), "HOG target"),
+        _label(hog_glyphs(p / max(p.max(), 1e-6), cell_px), "predicted HOG (masked)"),
     ]
     out = Image.new("RGB", (sum(pn.width for pn in panels) + 4 * (len(panels) - 1), panels[0].height), "white")
     x = 0
