@@ -286,7 +286,7 @@ def validate(cfg: DictConfig, command: str) -> None:
     _require(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
     _require(m.checkpoint is None or os.path.isfile(m.checkpoint), f"model.checkpoint not found: {m.checkpoint}")
     _require(t.name in TARGETS, f"target.name must be one of {', '.join(TARGETS)}, got '{t.name}'")
-    if t.name == "hog":
+    if t.name == "hog" and command in ("pretrain", "visualize"):  # the target only matters where it is predicted
         _require(t.cell_size > 0 and t.nbins > 0, "target.cell_size and target.nbins must be positive")
         _require(
             patch % t.cell_size == 0,
