@@ -27,20 +27,6 @@ def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over processes (a no-op on one process)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        x /= dist.get_world_size()
-    return x
-
-
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -19,11 +19,11 @@ from maskfeat.data.video import VideoDataset
 from maskfeat.data.video_transforms import VideoTrainTransform
 from maskfeat.masking import MaskCollator
 from maskfeat.models import MaskFeat, create_encoder, encoder_model_args, encoder_patch_size
-from maskfeat.models.video_maskfeat import VideoHOGTarget, VideoMaskFeat
+from maskfeat.models.video_maskfeat import VideoMaskFeat
 from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder, video_encoder_args
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.runner import Job, data_folder, fit, make_loader, setup_run, wrap_for_training
-from maskfeat.targets import build_target
+from maskfeat.targets import HOGTarget, build_target
 
 log = logging.getLogger("maskfeat")
 
@@ -47,7 +47,7 @@ def build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
     if is_video(cfg):
         args = video_model_args(cfg, pretrain=True)
         encoder = create_video_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
-        target = VideoHOGTarget(16, temporal_patch=2, frame_index=t.frame_index, nbins=t.nbins,
+        target = HOGTarget(16, temporal_patch=2, frame_index=t.frame_index, nbins=t.nbins,
                                 cell_size=t.cell_size, gaussian_window=t.gaussian_window)  # fmt: skip
         model = VideoMaskFeat(encoder, target)
     else:

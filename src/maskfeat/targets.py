@@ -13,13 +13,25 @@ from maskfeat.hog import HOG, hog_patch_targets
 
 
 class HOGTarget(nn.Module):
-    """Per-patch HOG features (MaskFeat's target): C * nbins * (patch // cell)^2 numbers a patch (108 for RGB/16/8)."""
+    """Per-patch HOG features (MaskFeat's target): C * nbins * (patch // cell)^2 numbers a patch (108 for RGB/16/8).
+
+    Images (B, C, H, W) -> (B, (H/p)(W/p), dim); videos (B, C, T, H, W) -> (B, (T/tp)(H/p)(W/p), dim), each
+    2-frame patch taking the HOG of its frame ``frame_index`` (0 = the first, as the official code).
+    """
 
     def __init__(
-        self, patch_size: int, in_chans: int = 3, nbins: int = 9, cell_size: int = 8, gaussian_window: int = 0
+        self,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        nbins: int = 9,
+        cell_size: int = 8,
+        gaussian_window: int = 0,
+        temporal_patch: int = 2,
+        frame_index: int = 0,
     ) -> None:
         super().__init__()
         self.patch_size, self.nbins, self.cell_size = patch_size, nbins, cell_size
+        self.temporal_patch, self.frame_index = temporal_patch, frame_index
         self.hog = HOG(nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window)
         self.dim = in_chans * nbins * (patch_size // cell_size) ** 2
 
@@ -30,6 +42,8 @@ class HOGTarget(nn.Module):
             nbins=self.nbins,
             cell_size=self.cell_size,
             gaussian_window=self.hog.gaussian_window,
+            temporal_patch=self.temporal_patch,
+            frame_index=self.frame_index,
             hog=self.hog,
         )
 

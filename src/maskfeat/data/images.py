@@ -13,6 +13,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -317,6 +318,23 @@ class _PathArray:
         return os.fsdecode(self._buffer[start:end].tobytes())
 
 
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seeds torch's CPU RNG, Python's ``random`` and NumPy's global RNG from ``seed`` (the random transforms draw
+    from them: timm's RandAugment picks its operations with NumPy); restores their previous states on exit, so a
+    ``num_workers=0`` loader does not disturb the training process's streams."""
+    torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
 class ImageDataset(Dataset):
     """Images of a folder (ImageFolder or flat layout), augmented with a per-sample seed.
 
@@ -398,16 +416,8 @@ class ImageDataset(Dataset):
             logger.warning("skipped unreadable image %s: %s", path, reason)
             return {"unreadable": path}
 
-        torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
-        try:
-            torch.default_generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)  # timm's RandAugment picks its operations with NumPy
+        with seeded_rngs(seed):
             tensor = self.transform(image)
-        finally:
-            torch.set_rng_state(torch_state)
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
         return {"image": tensor, "label": int(self._labels[index]), "seed": seed}
 
     def __repr__(self) -> str:

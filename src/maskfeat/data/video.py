@@ -27,9 +27,7 @@ import csv
 import logging
 import math
 import os
-import random
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -40,7 +38,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 from torch.utils.data import Dataset
 
-from .images import DataError, _has_extension, _PathArray, scan_folder
+from .images import DataError, _has_extension, _PathArray, scan_folder, seeded_rngs
 from .video_transforms import VideoEvalTransform, VideoTrainTransform
 
 __all__ = [
@@ -772,20 +770,6 @@ def decode_clip(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _seeded_rngs(seed: int) -> Iterator[None]:
-    """Seeds torch's CPU RNG and Python's ``random`` from ``seed``; restores their previous states on exit."""
-    torch_state = torch.get_rng_state()
-    python_state = random.getstate()
-    try:
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        yield
-    finally:
-        torch.set_rng_state(torch_state)
-        random.setstate(python_state)
-
-
 def _failure_reason(exc: BaseException, path: str) -> str:
     """One-line reason for a decoding failure, without repeating the path."""
     if isinstance(exc, av.error.FFmpegError) and exc.strerror:
@@ -929,7 +913,7 @@ class VideoDataset(Dataset):
             index = int(key)
             seed = index
         path = self._paths[index]
-        with _seeded_rngs(seed):
+        with seeded_rngs(seed):
             try:
                 frames = self._read(path)
             except MemoryError:

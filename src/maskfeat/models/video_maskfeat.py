@@ -11,48 +11,15 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from maskfeat.hog import HOG, hog_patch_targets
 from maskfeat.models.maskfeat import masked_mse
 from maskfeat.models.mvit import MViTEncoder
 from maskfeat.models.video_vit import VideoViT
+from maskfeat.targets import HOGTarget
 
 __all__ = ["VideoHOGTarget", "VideoMaskFeat", "upsample_token_mask"]
 
 
-class VideoHOGTarget(nn.Module):
-    """Per space-time patch HOG: (B, C, T, H, W) -> float32 (B, (T/tp)(H/p)(W/p), C * nbins * (p // cell)^2).
-
-    Patches are ordered (t, h, w); each temporal patch takes the HOG of its frame ``frame_index`` (0 = the first,
-    as the official code). No parameters, no gradients.
-    """
-
-    def __init__(
-        self,
-        patch_size: int = 16,
-        temporal_patch: int = 2,
-        frame_index: int = 0,
-        in_chans: int = 3,
-        nbins: int = 9,
-        cell_size: int = 8,
-        gaussian_window: int = 0,
-    ) -> None:
-        super().__init__()
-        self.patch_size, self.temporal_patch, self.frame_index = patch_size, temporal_patch, frame_index
-        self.nbins, self.cell_size = nbins, cell_size
-        self.hog = HOG(nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window)
-        self.dim = in_chans * nbins * (patch_size // cell_size) ** 2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return hog_patch_targets(
-            x,
-            patch_size=self.patch_size,
-            nbins=self.nbins,
-            cell_size=self.cell_size,
-            gaussian_window=self.hog.gaussian_window,
-            temporal_patch=self.temporal_patch,
-            frame_index=self.frame_index,
-            hog=self.hog,
-        )
+VideoHOGTarget = HOGTarget  # the one HOG target: (B, C, T, H, W) in, (B, (T/2)(H/16)(W/16), 108) out
 
 
 def upsample_token_mask(mask: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
