@@ -159,3 +159,12 @@ def test_sigkill_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, 
         assert torch.equal(a[k], b[k]), k
     assert [m["step"] for m in rows(out / "metrics.jsonl")] == list(range(1, 241))
     assert rows(out / "metrics.jsonl")[-1]["loss"] == rows(ref / "metrics.jsonl")[-1]["loss"]
+
+
+def test_torch_compile_path_trains(tmp_path, image_folder):
+    out = tmp_path / "run"
+    r = maskfeat("pretrain", *TINY, f"data.path={image_folder}", f"output_dir={out}", "train.epochs=1",
+                 "data.num_workers=0", "train.compile=true")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    losses = [m["loss"] for m in rows(out / "metrics.jsonl")]
+    assert len(losses) == 6 and all(0 < v < 1 for v in losses)

@@ -304,7 +304,7 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
             log.warning(f"could not write the step {at_step} checkpoint to {out} ({e.strerror or e}); the previous "
                         "checkpoint is intact and training goes on")  # fmt: skip
 
-    train_model = job.train_model or job.model
+    train_model = job.train_model if job.train_model is not None else job.model
     t0 = time.perf_counter()
     with PreemptionSignals(tr.log_every) as signals:
         opts.stop_requested = signals.requested
