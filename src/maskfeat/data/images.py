@@ -335,7 +335,53 @@ def seeded_rngs(seed: int) -> Iterator[None]:
         np.random.set_state(numpy_state)
 
 
-class ImageDataset(Dataset):
+class LabeledFiles(Dataset):
+    """What image and video data sets share: a list of files (stored compactly), one label each (-1 = unlabeled)
+    and the class names. Subclasses call :meth:`_set_files` and implement ``__getitem__``."""
+
+    def _set_files(
+        self,
+        scan: Callable[[str], tuple[list[str], list[int], list[str]]],
+        files: Sequence[str] | None,
+        labels: Sequence[int] | None,
+        classes: Sequence[str] | None,
+    ) -> None:
+        """Use ``files`` / ``labels`` / ``classes`` when given, else ``scan(self.root)``."""
+        if files is None:
+            files, scanned_labels, scanned_classes = scan(self.root)
+            labels = scanned_labels if labels is None else labels
+            classes = scanned_classes if classes is None else classes
+        if labels is None:
+            labels = [-1] * len(files)
+        if len(labels) != len(files):
+            raise DataError(f"{len(files)} files but {len(labels)} labels for {self.root}")
+        self._paths = _PathArray(list(files))
+        self._labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self.classes: list[str] = list(classes) if classes is not None else []
+
+    # Public views (lists are built on demand: keep them out of hot loops on large data sets).
+    @property
+    def files(self) -> list[str]:
+        """File paths, in index order."""
+        return [self._paths[i] for i in range(len(self._paths))]
+
+    @property
+    def labels(self) -> list[int]:
+        """Labels, in index order (-1 = unlabeled)."""
+        return self._labels.tolist()
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 for an unlabeled source)."""
+        if self.classes:
+            return len(self.classes)
+        return int(self._labels.max()) + 1 if len(self._labels) and self._labels.max() >= 0 else 0
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+class ImageDataset(LabeledFiles):
     """Images of a folder (ImageFolder or flat layout), augmented with a per-sample seed.
 
     ``dataset[(index, sample_seed)]`` decodes file ``index`` with :func:`load_rgb`, then applies ``transform``
@@ -365,38 +411,7 @@ class ImageDataset(Dataset):
     ) -> None:
         self.root = os.fspath(root)
         self.transform = transform
-        if files is None:
-            files, scanned_labels, scanned_classes = scan_image_folder(self.root)
-            labels = scanned_labels if labels is None else labels
-            classes = scanned_classes if classes is None else classes
-        if labels is None:
-            labels = [-1] * len(files)
-        if len(labels) != len(files):
-            raise DataError(f"{len(files)} files but {len(labels)} labels for {self.root}")
-        self._paths = _PathArray(list(files))
-        self._labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        self.classes: list[str] = list(classes) if classes is not None else []
-
-    # Public views (lists are built on demand: keep them out of hot loops on large data sets).
-    @property
-    def files(self) -> list[str]:
-        """Image paths, in index order."""
-        return [self._paths[i] for i in range(len(self._paths))]
-
-    @property
-    def labels(self) -> list[int]:
-        """Labels, in index order (-1 = unlabeled)."""
-        return self._labels.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (0 for an unlabeled folder)."""
-        if self.classes:
-            return len(self.classes)
-        return int(self._labels.max()) + 1 if len(self._labels) and self._labels.max() >= 0 else 0
-
-    def __len__(self) -> int:
-        return len(self._paths)
+        self._set_files(scan_image_folder, files, labels, classes)
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         if isinstance(key, (tuple, list)):

@@ -36,9 +36,8 @@ import av
 import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
-from torch.utils.data import Dataset
 
-from .images import DataError, _has_extension, _PathArray, scan_folder, seeded_rngs
+from .images import DataError, LabeledFiles, _has_extension, scan_folder, seeded_rngs
 from .video_transforms import VideoEvalTransform, VideoTrainTransform
 
 __all__ = [
@@ -780,7 +779,7 @@ def _failure_reason(exc: BaseException, path: str) -> str:
     return reason
 
 
-class VideoDataset(Dataset):
+class VideoDataset(LabeledFiles):
     """Videos of a source (class folders, flat folder or list file), one clip (or several views) per item.
 
     ``dataset[(index, sample_seed)]`` (keys from :class:`maskfeat.data.images.SeededSampler`) decodes the needed frames
@@ -857,42 +856,12 @@ class VideoDataset(Dataset):
         if transform is None:
             transform = VideoTrainTransform(crop_size) if mode == "train" else VideoEvalTransform(crop_size, num_crops)
         self.transform = transform
-        if files is None:
-            files, scanned_labels, scanned_classes = scan_video_source(self.root)
-            labels = scanned_labels if labels is None else labels
-            classes = scanned_classes if classes is None else classes
-        if labels is None:
-            labels = [-1] * len(files)
-        if len(labels) != len(files):
-            raise DataError(f"{len(files)} files but {len(labels)} labels for {self.root}")
-        self._paths = _PathArray(list(files))
-        self._labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        self.classes: list[str] = list(classes) if classes is not None else []
-
-    @property
-    def files(self) -> list[str]:
-        """Video paths, in index order."""
-        return [self._paths[i] for i in range(len(self._paths))]
-
-    @property
-    def labels(self) -> list[int]:
-        """Labels, in index order (-1 = unlabeled)."""
-        return self._labels.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (0 for an unlabeled source)."""
-        if self.classes:
-            return len(self.classes)
-        return int(self._labels.max()) + 1 if len(self._labels) and self._labels.max() >= 0 else 0
+        self._set_files(scan_video_source, files, labels, classes)
 
     @property
     def num_views(self) -> int:
         """Views per item: 1 in training, ``num_clips * num_crops`` in evaluation."""
         return self.num_clips * self.num_crops
-
-    def __len__(self) -> int:
-        return len(self._paths)
 
     def _read(self, path: str) -> torch.Tensor:
         """The frames of this item's clip(s), uint8 ``(num_clips * T, H, W, 3)``; train starts use torch's RNG."""
