@@ -162,3 +162,48 @@ def test_torchrun_two_cpu_processes_record_world_size(tmp_path, image_folder):
     # 24 images / 2 ranks / batch 4 = 3 steps per epoch, logged once (rank 0 only)
     assert [m["step"] for m in rows(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert (out / "encoder.safetensors").is_file()
+
+
+def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "maskfeat",
+           *args]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path, image_folder):
+    from safetensors.torch import load_file
+
+    base = ["pretrain", *TINY, "model.depth=2", "model.drop_path=0.1", f"data.path={image_folder}", "train.epochs=2",
+            "data.num_workers=0", "train.batch_size=2", "train.accum_steps=2", "train.checkpoint_every=0"]  # fmt: skip
+    r = _torchrun([*base, f"output_dir={tmp_path / 'ddp'}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    fsdp = [*base, "train.strategy=fsdp", f"output_dir={tmp_path / 'fsdp'}"]
+    r = _torchrun([*fsdp, "train.max_steps=3"])  # stops at step 3 with a checkpoint, like a pre-empted run
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "FSDP: 2 blocks and the rest of the model sharded over 2 processes" in r.stderr
+    ckpt = torch.load(tmp_path / "fsdp" / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["sharded"] and len(ckpt["rng_ranks"]) == 2
+    assert set(ckpt["model"]) == set(torch.load(tmp_path / "ddp" / "checkpoint-last.pt", weights_only=True)["model"])
+    r = _torchrun(fsdp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "at step 3/6" in r.stderr
+    # uninterrupted, with activation checkpointing (recomputes the same values in the backward pass)
+    once_dir = tmp_path / "fsdp_once"
+    r = _torchrun([*base, "train.strategy=fsdp", "model.grad_checkpointing=true", f"output_dir={once_dir}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp = load_file(tmp_path / "ddp" / "encoder.safetensors")
+    resumed = load_file(tmp_path / "fsdp" / "encoder.safetensors")
+    once = load_file(once_dir / "encoder.safetensors")
+    assert set(ddp) == set(resumed) == set(once)
+    for name, w in ddp.items():
+        assert torch.equal(resumed[name], once[name]), name  # stopped-and-resumed FSDP == uninterrupted FSDP
+        # (with drop path on: each rank's random state came back from the checkpoint)
+        torch.testing.assert_close(resumed[name], w, rtol=1e-4, atol=1e-5, msg=name)  # FSDP == DDP
+    # training went on after the resume: most weights changed between step 3 and step 6
+    moved = sum(not torch.equal(ckpt["model"]["encoder." + n], w) for n, w in once.items())
+    assert moved > len(once) // 2
+    # resuming a sharded run as an unsharded one is refused with one line
+    r = subprocess.run([sys.executable, "-m", "maskfeat", *fsdp, "train.epochs=3"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "was written by a sharded (train.strategy=fsdp) run" in r.stderr, r.stderr[-2000:]

@@ -94,6 +94,8 @@ class TrainConfig:
     clip_grad: float | None = 0.02  # max global gradient L2 norm; null = no clipping
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     compile: bool = False  # torch.compile the model
+    strategy: str = "ddp"  # with several processes: ddp (replicated weights) | fsdp (FSDP2 fully_shard: weights,
+    # gradients and optimizer state sharded over the processes, for ViT-L/H and MViT-L)
     log_every: int = 20  # optimizer steps between log lines / metrics.jsonl rows
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 1  # numbered step checkpoints kept besides checkpoint-last.pt
@@ -141,6 +143,7 @@ COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "visualize": {"output_dir": "runs/visualize", "data": {"num_workers": 0}},
 }
 
+STRATEGIES = ("ddp", "fsdp")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 OPTIMIZERS = ("adamw", "lars", "sgd")
 TARGETS = ("hog", "pixel")
@@ -322,6 +325,11 @@ def validate(cfg: DictConfig, command: str) -> None:
     if command in ("evaluate",):
         _require(d.val_path is not None, f"{command} needs data.val_path=... (a folder of class sub-folders)")
     _require(tr.amp in AMP_CHOICES, f"train.amp must be one of {', '.join(AMP_CHOICES)}, got '{tr.amp}'")
+    _require(tr.strategy in STRATEGIES, f"train.strategy must be one of {', '.join(STRATEGIES)}, got '{tr.strategy}'")
+    _require(
+        not (tr.strategy == "fsdp" and tr.amp == "fp16"),
+        "train.strategy=fsdp trains with train.amp=bf16 or off (fp16 would need a sharded gradient scaler)",
+    )
     _require(tr.log_every > 0, f"train.log_every must be positive, got {tr.log_every}")
     _require(
         tr.checkpoint_every >= 0 and tr.max_steps >= 0 and tr.keep_checkpoints >= 0,

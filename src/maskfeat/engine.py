@@ -106,9 +106,7 @@ def train_one_epoch(
         micro += 1
         if batch["images"] is not None:
             batch = {k: v.to(opts.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            no_sync = getattr(model, "no_sync", None)
-            sync_ctx = no_sync() if (no_sync is not None and not last_micro) else contextlib.nullcontext()
-            with sync_ctx:
+            with _gradient_sync(model, last_micro):
                 with torch.autocast(
                     opts.device.type, dtype=opts.amp_dtype or torch.float32, enabled=opts.amp_dtype is not None
                 ):
@@ -142,8 +140,8 @@ def train_one_epoch(
                 "images_per_s": stats.images_since_log / max(now - stats.time_since_log, 1e-9),
                 "bad_images": stats.bad_images,
             }
-            if grad_norm is not None:
-                row["grad_norm"] = float(grad_norm)
+            if grad_norm is not None:  # FSDP: a DTensor, the same on every rank
+                row["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             on_log(row)
             stats.images_since_log, stats.time_since_log = 0, now
         if checkpoint_due:
@@ -151,6 +149,16 @@ def train_one_epoch(
         if preempted:
             raise Preempted(step)
     return step
+
+
+def _gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Gradient accumulation without needless all-reduces: only the last micro-batch of a step synchronises
+    gradients (DDP's ``no_sync``; FSDP2's ``set_requires_gradient_sync``). A no-op for a single process."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    no_sync = getattr(model, "no_sync", None)
+    return no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -46,7 +46,7 @@ from maskfeat.models.mvit import MViTEncoder, load_pretrained_mvit
 from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.pretrain import is_video, steps_per_epoch, video_model_args
-from maskfeat.runner import Job, amp_dtype, fit, make_loader, setup_run, wrap_for_training
+from maskfeat.runner import Job, amp_dtype, fit, make_loader, setup_run, shard_model, wrap_for_training
 
 log = logging.getLogger("maskfeat")
 
@@ -202,6 +202,8 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
             args.update(global_pool="avg", fc_norm=False)  # keep the pre-trained final norm, then average
     meta = {"architecture": m.name, "model_args": {**args, "num_classes": num_classes}}
     model = build_classifier(meta, kind, drop_path=m.drop_path if kind == "finetune" else 0.0)
+    if m.grad_checkpointing and kind == "finetune":
+        model.set_grad_checkpointing(True)
     head = [layer for layer in model.head.modules() if isinstance(layer, nn.Linear)][-1]  # the classifier layer
     trunc_normal_(head.weight, std=m.head_init_std)
     nn.init.zeros_(head.bias)
@@ -213,6 +215,7 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("head.")
     model.to(device)
+    sharded = shard_model(model, device, world_size, tr.strategy, amp_dtype(tr.amp, device))
 
     if kind == "linprobe":
         optimizer = build_optimizer(model.head, cfg.train.lr, tr.weight_decay, tuple(tr.betas), opt=tr.optimizer)
@@ -245,9 +248,9 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     dtype = amp_dtype(tr.amp, device)
     out = cfg.output_dir
 
-    def finish() -> None:
+    def finish(state: dict) -> None:
         if kind == "finetune":  # image: a plain timm classifier, loads with timm.create_model(**model_args)
-            ckpt_io.write_encoder(out, model.state_dict(), **meta)
+            ckpt_io.write_encoder(out, state, **meta)
         weights = ", encoder.safetensors + encoder.json (with its head" + ("" if video else ", timm") + ")"
         log.info(
             f"done. Outputs in {out}: config.yaml, metrics.jsonl, {ckpt_io.LAST}, checkpoint-best.pt"
@@ -259,7 +262,7 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
         steps_per_epoch=spe, total_steps=total_steps,
         extra={"encoder": meta, "encoder_prefix": "", "classifier": kind, "classes": list(dataset.classes)},
         evaluate=(lambda: evaluate(model, val_loader, device, dtype)) if val_loader is not None else None,
-        finish=finish, train_model=wrap_for_training(model, device, world_size, tr.compile),
+        finish=finish, train_model=wrap_for_training(model, device, world_size, tr.compile, sharded), sharded=sharded,
     )  # fmt: skip
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = (

@@ -22,7 +22,7 @@ from maskfeat.models import MaskFeat, create_encoder, encoder_model_args, encode
 from maskfeat.models.video_maskfeat import VideoMaskFeat
 from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder, video_encoder_args
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
-from maskfeat.runner import Job, data_folder, fit, make_loader, setup_run, wrap_for_training
+from maskfeat.runner import Job, amp_dtype, data_folder, fit, make_loader, setup_run, shard_model, wrap_for_training
 from maskfeat.targets import HOGTarget, build_target
 
 log = logging.getLogger("maskfeat")
@@ -129,6 +129,7 @@ def run_pretrain(cfg: DictConfig) -> dict:
     if cfg.model.checkpoint:
         _load_initial_weights(model, cfg.model.checkpoint, cfg.model.allow_pickle)
     model.to(device)
+    sharded = shard_model(model, device, world_size, tr.strategy, amp_dtype(tr.amp, device))
     optimizer = build_optimizer(model, cfg.train.lr, tr.weight_decay, tuple(tr.betas))
     scheduler = build_scheduler(optimizer, total_steps, round(tr.warmup_epochs * spe), tr.min_lr, tr.warmup_lr)
     torch.manual_seed(cfg.seed + rank)  # per-rank stream for drop path (restored from the checkpoint on resume)
@@ -137,8 +138,8 @@ def run_pretrain(cfg: DictConfig) -> dict:
 
     timm_note = "" if is_video(cfg) else " (timm)"
 
-    def finish() -> None:
-        ckpt_io.write_encoder(out, ckpt_io.encoder_state_dict(model.state_dict()), **encoder_meta)
+    def finish(state: dict) -> None:
+        ckpt_io.write_encoder(out, ckpt_io.encoder_state_dict(state), **encoder_meta)
         log.info(
             f"done. Outputs in {out}: config.yaml, metrics.jsonl, {ckpt_io.LAST}, encoder.safetensors + "
             f"encoder.json{timm_note}, tb/ (tensorboard --logdir {os.path.join(out, 'tb')})"
@@ -146,7 +147,8 @@ def run_pretrain(cfg: DictConfig) -> dict:
 
     job = Job(model=model, loss_fn=masked_feature_loss, optimizer=optimizer, scheduler=scheduler, loader=loader,
               sampler=sampler, steps_per_epoch=spe, total_steps=total_steps, extra={"encoder": encoder_meta},
-              finish=finish, train_model=wrap_for_training(model, device, world_size, tr.compile))  # fmt: skip
+              finish=finish, train_model=wrap_for_training(model, device, world_size, tr.compile, sharded),
+              sharded=sharded)  # fmt: skip
     n_params = sum(p.numel() for p in model.encoder.parameters())
     summary = (
         f"pretrain {cfg.model.name} ({n_params / 1e6:.1f}M params, {'x'.join(map(str, grid))} tokens, "

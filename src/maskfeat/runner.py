@@ -111,27 +111,104 @@ class Job:
     total_steps: int
     extra: dict = field(default_factory=dict)  # saved in every checkpoint (e.g. the encoder's architecture)
     evaluate: Callable[[], dict] | None = None  # returns {"top1", "top5", ...}; called after each epoch
-    finish: Callable[[], None] | None = None  # rank 0, at the end (e.g. write encoder.safetensors)
+    finish: Callable[[dict], None] | None = None  # rank 0, at the end, given the full model state dict
     train_model: nn.Module | None = None
+    sharded: bool = False  # the model is sharded with FSDP (see shard_model)
 
 
 def setup_run(cfg: DictConfig) -> tuple[torch.device, int, int]:
     """Device and process group; records ``world_size`` in the config. Returns (device, rank, world_size)."""
     device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # this process's GPU (collectives and the CUDA RNG use the current device)
     rank, world_size = init_distributed(device)
     cfg.world_size = world_size
     return device, rank, world_size
 
 
-def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, compile_model: bool) -> nn.Module:
-    """DDP over processes (no buffer broadcast: ViTs have no running statistics), optionally torch.compile."""
-    if world_size > 1:
+def shard_model(model: nn.Module, device: torch.device, world_size: int, strategy: str,
+                dtype: torch.dtype | None) -> bool:  # fmt: skip
+    """``train.strategy=fsdp``: shard the model over the processes with FSDP2 (``fully_shard`` on every
+    transformer block, then on the whole model), in place. Call it before building the optimizer. Parameters
+    are gathered in ``dtype`` (bf16 under bf16 autocast) and gradients reduced in float32. Returns whether the
+    model is sharded (not with one process: there is nothing to shard)."""
+    if strategy != "fsdp":
+        return False
+    if world_size == 1:
+        log.info("train.strategy=fsdp with one process: nothing to shard, training unsharded")
+        return False
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
+    blocks = [m for m in model.modules() if type(m).__name__.endswith("Block")]  # timm Block, MViT MultiscaleBlock
+    for block in blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    if is_main_process():
+        log.info(f"FSDP: {len(blocks)} blocks and the rest of the model sharded over {world_size} processes")
+    return True
+
+
+def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, compile_model: bool,
+                      sharded: bool = False) -> nn.Module:  # fmt: skip
+    """DDP over processes (no buffer broadcast: ViTs have no running statistics) unless the model is already
+    sharded with FSDP; optionally torch.compile."""
+    if world_size > 1 and not sharded:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
     if compile_model:
         model = torch.compile(model)
     return model
+
+
+def _full_state_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def model_state(job: Job) -> dict:
+    """The whole model's state dict (plain tensors). Sharded: gathered from every process (a collective: call it
+    on all ranks) onto rank 0's CPU; the other ranks get an empty dict."""
+    if not job.sharded:
+        return job.model.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(job.model, options=_full_state_options(cpu_offload=True))
+
+
+def optimizer_state(job: Job) -> dict:
+    """The optimizer's state dict; sharded: gathered like :func:`model_state` (keyed by parameter names)."""
+    if not job.sharded:
+        return job.optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(job.model, job.optimizer, options=_full_state_options(cpu_offload=True))
+
+
+def load_training_state(job: Job, model: dict, optimizer: dict) -> None:
+    """Load full (unsharded) model and optimizer state dicts into the job, sharding them when the model is."""
+    if not job.sharded:
+        job.model.load_state_dict(model)
+        job.optimizer.load_state_dict(optimizer)
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    set_model_state_dict(job.model, model, options=_full_state_options())
+    set_optimizer_state_dict(job.model, job.optimizer, optimizer, options=_full_state_options())
+
+
+def gather_rng_states() -> list[dict]:
+    """Every process's random states, rank order (a collective with several processes)."""
+    state = ckpt_io.rng_state()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
 
 
 class PreemptionSignals:
@@ -215,10 +292,15 @@ def resume(cfg: DictConfig, job: Job, scaler: torch.amp.GradScaler) -> tuple[int
     if state is None:
         raise ValueError(f"no readable checkpoint in {cfg.output_dir} (tried {', '.join(candidates)})")
     _check_resume_config(state.get("config", {}), cfg)
-    job.model.load_state_dict(state["model"])
-    job.optimizer.load_state_dict(state["optimizer"])
+    if bool(state.get("sharded", False)) != job.sharded:
+        was = "sharded (train.strategy=fsdp)" if state.get("sharded") else "unsharded"
+        raise ValueError(f"{last} was written by a {was} run; resume it with the same train.strategy and number of "
+                         "processes, or start a new run from its weights with model.checkpoint=...")  # fmt: skip
+    load_training_state(job, state["model"], state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    ckpt_io.set_rng_state(state["rng"])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    per_rank = state.get("rng_ranks") or [state["rng"]]
+    ckpt_io.set_rng_state(per_rank[rank] if rank < len(per_rank) else state["rng"])
     step = int(state["step"])
     if is_main_process():
         log.info(f"resuming from {last} at step {step}/{job.total_steps}")
@@ -282,14 +364,18 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
         save(at_step)
 
     def save(at_step: int, name: str = ckpt_io.LAST, numbered: bool = True) -> None:
+        """Called on every rank: gathering a sharded model's state and the ranks' random states are collective."""
+        model_sd, optim_sd, rngs = model_state(job), optimizer_state(job), gather_rng_states()
         if not main:
             return
         state = {
-            "model": job.model.state_dict(),
-            "optimizer": job.optimizer.state_dict(),
+            "model": model_sd,
+            "optimizer": optim_sd,
             "scaler": scaler.state_dict(),
             "step": at_step,
-            "rng": ckpt_io.rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs,
+            "sharded": job.sharded,
             "config": OmegaConf.to_container(cfg),
             "best": best,
             **job.extra,
@@ -317,8 +403,10 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
                                        step, stats, job.loss_fn, on_log, on_checkpoint)  # fmt: skip
         finally:
             run_log.close()
-    if main and job.finish is not None:
-        job.finish()
+    if job.finish is not None:
+        final_state = model_state(job)  # collective when sharded
+        if main:
+            job.finish(final_state)
     if main and stats.bad_images:
         log.warning(f"{stats.bad_images} unreadable images were skipped (named in the warnings above)")
     cleanup()
