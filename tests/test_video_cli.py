@@ -51,8 +51,12 @@ def test_video_pretrain_then_finetune_with_multiview_evaluation(clips, tmp_path)
     ft = tmp_path / "ft"
     r = maskfeat("finetune", *TINY_VIDEO, f"data.path={clips / 'train'}", f"data.val_path={clips / 'val'}",
                  f"output_dir={ft}", "train.epochs=1", f"model.checkpoint={pre / 'encoder.safetensors'}",
-                 "data.num_clips=2", "data.num_crops=3", "data.max_bad_fraction=0.2")  # fmt: skip
+                 "data.num_clips=2", "data.num_crops=3", "data.max_bad_fraction=0.2",
+                 "data.repeated_aug=2", "data.auto_augment=rand-m7-n4-mstd0.5-inc1", "data.reprob=0.25")  # fmt: skip
     assert r.returncode == 0, r.stderr
+    n_train = sum(1 for p in (clips / "train").rglob("*.*") if p.parent != clips / "train")  # videos (+ broken)
+    # repeated augmentation: batches of 4 clips are 2 videos x 2 augmentations, so an epoch has n // 2 steps
+    assert rows(ft / "metrics.jsonl")[-2]["step"] == n_train // 2
     (ev,) = [m for m in rows(ft / "metrics.jsonl") if "top1" in m]
     assert ev["top1"] * 6 / 100 == pytest.approx(round(ev["top1"] * 6 / 100))  # k of 6 val videos, one score each
     state = torch.load(ft / "checkpoint-last.pt", weights_only=True)
@@ -70,3 +74,13 @@ def test_mvit_pretrain_variant_loads_into_the_finetune_variant(clips, tmp_path):
                  f"output_dir={ft}", "train.epochs=1", f"model.checkpoint={pre / 'checkpoint-last.pt'}")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "loaded pre-trained MViT" in r.stderr and "(new: head.1.bias, head.1.weight)" in r.stderr
+
+
+def test_video_pretrain_with_the_pixel_target(clips, tmp_path):
+    out = tmp_path / "pixel"
+    r = maskfeat("pretrain", *TINY_VIDEO, f"data.path={clips / 'train' / 'zoom_in'}", f"output_dir={out}",
+                 "target.name=pixel", "train.max_steps=2", "train.log_every=1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "target pixel 1536-d" in r.stderr  # 2 frames x 16 x 16 pixels x 3 colours per token
+    losses = [m["loss"] for m in rows(out / "metrics.jsonl")]
+    assert len(losses) == 2 and all(0.5 < v < 3 for v in losses)  # normalised pixels: about 1 before training

@@ -28,7 +28,7 @@ from maskfeat.data.video import (
     torchcodec_available,
     uniform_clip_starts,
 )
-from maskfeat.data.video_transforms import VideoEvalTransform, VideoTrainTransform, spatial_crop_offsets
+from maskfeat.data.video_transforms import VideoEvalTransform, VideoTrainTransform, erase_cube, spatial_crop_offsets
 from maskfeat.masking import MaskCollator
 
 VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -396,6 +396,50 @@ def test_train_transform_applies_one_crop_to_every_frame() -> None:
     assert torch.allclose(out.mean(dim=(1, 2, 3)), expected, atol=1e-5)
 
 
+def _seeded(transform, clip: torch.Tensor, seed: int) -> torch.Tensor:
+    import random
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return transform(clip)
+
+
+def test_rand_augment_is_applied_consistently_across_a_clips_frames() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, 256, (1, 48, 64, 3), dtype=torch.uint8, generator=g) for _ in range(2))
+    mixed = torch.cat([a, b, a])  # frames A, B, A
+    transform = VideoTrainTransform(32, short_side=(40, 48), auto_augment="rand-m9-n3-mstd0.5-inc1")
+    plain = VideoTrainTransform(32, short_side=(40, 48))
+    changed = 0
+    for seed in range(12):
+        out = _seeded(transform, mixed, seed)
+        assert out.shape == (3, 3, 32, 32)
+        assert torch.equal(out[:, 0], out[:, 2])  # the same frame gets the same operations, wherever it is
+        # each frame is what the same draw gives on a clip of that frame alone: the draws ignore the pixels
+        assert torch.equal(out[:, 1], _seeded(transform, b.expand(3, -1, -1, -1), seed)[:, 1])
+        changed += not torch.equal(out, _seeded(plain, mixed, seed))
+    assert changed >= 10  # RandAugment did change the clips (3 ops at magnitude ~9; few draws are identities)
+
+
+def test_random_erasing_cuts_the_same_box_through_every_frame() -> None:
+    torch.manual_seed(0)
+    for _ in range(20):
+        clip = torch.zeros(3, 4, 40, 50)
+        erase_cube(clip)
+        erased = clip.ne(0).any(0)  # (T, H, W)
+        assert torch.equal(erased, erased[:1].expand_as(erased))  # the same pixels in every frame
+        rows, cols = erased[0].any(1).nonzero(), erased[0].any(0).nonzero()
+        h, w = len(rows), len(cols)
+        assert int(erased[0].sum()) == h * w and 0.015 * 2000 <= h * w <= 2000 / 3 + 60  # one box, area 2%-1/3
+        assert rows.max() - rows.min() + 1 == h and cols.max() - cols.min() + 1 == w
+    transform = VideoTrainTransform(32, short_side=(40, 48), reprob=1.0)
+    grey = torch.full((4, 48, 64, 3), 128, dtype=torch.uint8)
+    torch.manual_seed(1)
+    out = transform(grey)
+    assert out[:, 0].std() > 0.1 and torch.equal(out[:, 0], out[:, 3])
+
+
 def test_train_transform_crop_geometry() -> None:
     transform = VideoTrainTransform(224, short_side=(256, 320), scale=(0.5, 1.0))
     torch.manual_seed(0)
@@ -443,6 +487,21 @@ def test_dataset_train_item_is_deterministic_per_seed() -> None:
 
 
 @needs_videos
+def test_repeated_augmentation_gives_several_clips_of_one_decode() -> None:
+    transform = VideoTrainTransform(48, short_side=(56, 64))
+    dataset = VideoDataset(VIDEOS, num_frames=4, stride=2, transform=transform, repeats=3)
+    item = dataset[(0, 77)]
+    assert item["image"].shape == (3, 3, 4, 48, 48) and item["repeats"] == 3
+    assert not torch.equal(item["image"][0], item["image"][1])  # independently augmented
+    batch = MaskCollator("cube", (2, 3, 3), 0.4)([item, dataset[(1, 5)]])
+    assert batch["images"].shape == (6, 3, 4, 48, 48) and batch["labels"].tolist() == [-1] * 6
+    assert batch["masks"].shape == (6, 2, 3, 3) and not torch.equal(batch["masks"][0], batch["masks"][1])
+    assert torch.equal(batch["images"][3:], dataset[(1, 5)]["image"])  # the second video's clips, in order
+    with pytest.raises(ValueError, match="mode='train' only"):
+        VideoDataset(VIDEOS, mode="eval", repeats=2)
+
+
+@needs_videos
 def test_dataset_eval_multi_view() -> None:
     dataset = VideoDataset(VIDEOS, num_frames=8, stride=2, mode="eval", num_clips=2, num_crops=3, crop_size=64)
     item = dataset[(1, 99)]
@@ -458,8 +517,22 @@ def test_dataset_eval_multi_view() -> None:
     assert torch.equal(centre[1]["image"][1], single[1]["image"])
 
 
-@pytest.mark.skipif(not torchcodec_available(), reason="torchcodec not installed")
+@pytest.mark.skipif(not torchcodec_available(), reason="torchcodec not installed (or without its FFmpeg libraries)")
 @needs_videos
-def test_torchcodec_backend_matches_pyav() -> None:
-    path = VIDEOS / "h264_340x256_280f.mp4"
-    assert torch.equal(decode_clip(path, 8, 4, 190, backend="torchcodec"), decode_clip(path, 8, 4, 190))
+@pytest.mark.parametrize("name", sorted(REAL_CLIPS))
+def test_torchcodec_backend_matches_pyav(name: str) -> None:
+    path = VIDEOS / name
+    frames = REAL_CLIPS[name][2]
+    for start in (0, frames // 2, max(frames - 20, 0)):
+        ours = decode_clip(path, 8, 2, start)
+        assert torch.equal(decode_clip(path, 8, 2, start, backend="auto"), ours), (name, start)
+        if path.suffix == ".mp4":  # H.264 in MP4: torchcodec gives PyAV's frames exactly
+            assert torch.equal(decode_clip(path, 8, 2, start, backend="torchcodec"), ours), (name, start)
+    if path.suffix == ".avi":  # no timestamps: torchcodec's frame order differs, so "auto" keeps PyAV here
+        assert not torch.equal(decode_clip(path, 8, 2, 82, backend="torchcodec"), decode_clip(path, 8, 2, 82))
+
+
+def test_an_unusable_torchcodec_is_refused_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(video, "torchcodec_available", lambda: False)  # as on a machine without it
+    with pytest.raises(ValueError, match="video backend 'torchcodec' cannot decode here.*use 'pyav'"):
+        VideoDataset(tmp_path, backend="torchcodec")

@@ -268,3 +268,30 @@ def test_pretraining_weight_decay_groups_exclude_tokens_and_relative_position_ta
         assert decay[id(params[name])] == 0.0, name
     for name in ("head.weight", "encoder.conv_proj.weight", "encoder.blocks.0.attn.qkv.weight"):
         assert decay[id(params[name])] == 0.05, name
+
+
+@pytest.mark.parametrize("kind", ["vit_s", "mvit_v2_s"])
+def test_video_pixel_target_is_each_space_time_patch_normalised(kind):
+    from maskfeat.targets import build_target
+
+    torch.manual_seed(0)
+    target = build_target("pixel", 16, temporal_patch=2)
+    model = VideoMaskFeat(tiny_encoder(kind), target)
+    x = clip()
+    mask = torch.zeros(2, *OUT_GRID, dtype=torch.bool)
+    mask[:, 1] = True
+    loss, pred, tgt = model(x, mask)
+    assert target.dim == 2 * 16 * 16 * 3 and pred.shape == tgt.shape == (2, N_OUT, 1536)
+    # independent reference: loop over the (t, h, w) token grid, take the 2x16x16 box as (frame, row, col, channel)
+    for b in range(2):
+        n = 0
+        for t in range(OUT_GRID[0]):
+            for i in range(OUT_GRID[1]):
+                for j in range(OUT_GRID[2]):
+                    box = x[b, :, 2 * t : 2 * t + 2, 16 * i : 16 * i + 16, 16 * j : 16 * j + 16]
+                    v = box.permute(1, 2, 3, 0).reshape(-1).double()
+                    ref = (v - v.mean()) / (v.var() + 1e-6).sqrt()
+                    torch.testing.assert_close(tgt[b, n].double(), ref, atol=1e-5, rtol=1e-5)
+                    n += 1
+    assert torch.isfinite(loss)
+    loss.backward()

@@ -32,13 +32,16 @@ class DataConfig:
     sample_images: int = 512  # size of the embedded sample data set (used when data.path is null)
     label_fraction: float = 1.0  # finetune / linprobe: train on this class-balanced fraction of the labels
     auto_augment: str | None = None  # timm RandAugment spec for finetune, e.g. rand-m9-mstd0.5-inc1
-    reprob: float = 0.0  # random erasing probability (finetune)
+    reprob: float = 0.0  # random erasing probability (finetune; video: one box through all frames)
+    repeated_aug: int = 1  # video finetune: augmented clips per decoded video (repeated augmentation; the batch
+    # of train.batch_size clips holds batch_size / repeated_aug videos)
     crop_pct: float = 0.875  # evaluation: centre crop of the image resized to image_size / crop_pct
     num_frames: int = 16  # video: frames per clip
     frame_stride: int = 4  # video: take every N-th frame (16 x 4 = the official Kinetics clip)
     short_side: list[int] = field(default_factory=lambda: [256, 320])  # video training: short-side jitter range
     num_clips: int = 1  # video evaluation: temporal clips per video (scores averaged)
     num_crops: int = 1  # video evaluation: spatial crops per clip, 1 (centre) or 3
+    video_backend: str = "pyav"  # video decoding: pyav | torchcodec (optional install) | auto (torchcodec if usable)
 
 
 @dataclass
@@ -266,9 +269,10 @@ def validate(cfg: DictConfig, command: str) -> None:
         _require(d.frame_stride > 0, f"data.frame_stride must be positive, got {d.frame_stride}")
         _require(len(d.short_side) == 2 and 0 < d.short_side[0] <= d.short_side[1],
                  f"data.short_side must be [lo, hi] with 0 < lo <= hi, got {list(d.short_side)}")  # fmt: skip
+        _require(d.video_backend in ("pyav", "torchcodec", "auto"),
+                 f"data.video_backend must be pyav, torchcodec or auto, got '{d.video_backend}'")  # fmt: skip
         _require(d.num_clips > 0 and d.num_crops in (1, 3), "data.num_clips must be >= 1 and data.num_crops 1 or 3")
         _require(0 <= t.frame_index < 2, f"target.frame_index must be 0 or 1 (2-frame patches), got {t.frame_index}")
-        _require(t.name == "hog", "video pre-training supports target.name=hog")
         _require(m.patch_size is None, "model.patch_size is fixed for video models (2x16x16 tubelets)")
         if m.name.startswith("mvit"):
             _require(m.depth is None, "model.depth does not apply to MViT (its stage depths are fixed by size)")
@@ -319,6 +323,11 @@ def validate(cfg: DictConfig, command: str) -> None:
     _require(0 <= tr.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {tr.label_smoothing}")
     _require(0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")
     _require(0 <= d.reprob <= 1, f"data.reprob must be in [0, 1], got {d.reprob}")
+    _require(d.repeated_aug >= 1, f"data.repeated_aug must be >= 1, got {d.repeated_aug}")
+    _require(
+        tr.batch_size % d.repeated_aug == 0,
+        f"train.batch_size={tr.batch_size} must be a multiple of data.repeated_aug={d.repeated_aug} (clips per video)",
+    )
     _require(0 < d.crop_pct <= 1, f"data.crop_pct must be in (0, 1], got {d.crop_pct}")
     if command == "evaluate":
         _require(m.checkpoint is not None, "evaluate needs model.checkpoint=... (a finetune or linprobe checkpoint)")

@@ -80,8 +80,11 @@ def _train_dataset(cfg: DictConfig, folder: str, linprobe: bool) -> ImageDataset
     d = cfg.data
     if is_video(cfg):
         transform = VideoTrainTransform(crop_size=d.image_size, short_side=tuple(d.short_side),
-                                        scale=tuple(d.crop_scale), hflip=d.hflip)  # fmt: skip
-        full = VideoDataset(folder, num_frames=d.num_frames, stride=d.frame_stride, transform=transform)
+                                        scale=tuple(d.crop_scale), hflip=d.hflip,
+                                        auto_augment=None if linprobe else d.auto_augment,
+                                        reprob=0.0 if linprobe else d.reprob)  # fmt: skip
+        full = VideoDataset(folder, num_frames=d.num_frames, stride=d.frame_stride, transform=transform,
+                            repeats=d.repeated_aug, backend=d.video_backend)  # fmt: skip
     else:
         full = ImageDataset(folder, _image_train_transform(cfg, linprobe))
     if not full.classes:
@@ -91,6 +94,8 @@ def _train_dataset(cfg: DictConfig, folder: str, linprobe: bool) -> ImageDataset
     keep = label_subset(full.labels, d.label_fraction, cfg.seed)
     files, labels = full.files, full.labels
     clip = {"num_frames": d.num_frames, "stride": d.frame_stride} if is_video(cfg) else {}
+    if is_video(cfg):
+        clip.update(repeats=d.repeated_aug, backend=d.video_backend)
     subset = type(full)(folder, transform=full.transform, files=[files[i] for i in keep],
                         labels=[labels[i] for i in keep], classes=full.classes, **clip)  # fmt: skip
     log.info(f"data.label_fraction={d.label_fraction}: training on {len(subset)} of {len(full)} labeled samples")
@@ -120,7 +125,8 @@ def _val_loader(cfg: DictConfig, folder: str, classes: list[str], device: torch.
     d = cfg.data
     if video:
         dataset = VideoDataset(folder, num_frames=d.num_frames, stride=d.frame_stride, mode="eval",
-                               num_clips=d.num_clips, num_crops=d.num_crops, crop_size=image_size)  # fmt: skip
+                               num_clips=d.num_clips, num_crops=d.num_crops, crop_size=image_size,
+                               backend=d.video_backend)  # fmt: skip
     else:
         dataset = ImageDataset(folder, eval_transform(image_size, crop_pct=d.crop_pct))
     if classes and dataset.classes != classes:
@@ -184,9 +190,12 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     train_folder, val_folder = labeled_folders(cfg)
     dataset = _train_dataset(cfg, train_folder, linprobe=kind == "linprobe")
     num_classes = len(dataset.classes)
-    loader, sampler = make_loader(dataset, MaskCollator(None, (1, 1), 0.5), tr.batch_size, d.num_workers, cfg.seed,
-                                  device, train=True, rank=rank, world_size=world_size)  # fmt: skip
-    spe = steps_per_epoch(len(dataset), train_folder, tr.batch_size, tr.accum_steps, world_size)
+    if d.repeated_aug > 1 and not is_video(cfg):
+        raise ConfigError("data.repeated_aug applies to video models; use 1 for images")
+    videos_per_batch = tr.batch_size // d.repeated_aug  # repeated augmentation: each video gives repeated_aug clips
+    loader, sampler = make_loader(dataset, MaskCollator(None, (1, 1), 0.5), videos_per_batch, d.num_workers,
+                                  cfg.seed, device, train=True, rank=rank, world_size=world_size)  # fmt: skip
+    spe = steps_per_epoch(len(dataset), train_folder, videos_per_batch, tr.accum_steps, world_size)
     total_steps = tr.epochs * spe
     total_batch = tr.batch_size * tr.accum_steps * world_size
     cfg.train.lr = scaled_lr(tr.lr, tr.blr, total_batch)

@@ -424,6 +424,15 @@ def get_mask_function(name: str) -> Callable[..., torch.Tensor]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _split_repeats(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """A repeated-augmentation item (``"repeats"``: R clips of one video) as R samples; the r-th gets the seed
+    ``seed + r`` for its mask."""
+    repeats = item.get("repeats", 1)
+    if repeats == 1:
+        return [item]
+    return [{"image": item["image"][r], "label": item["label"], "seed": item["seed"] + r} for r in range(repeats)]
+
+
 class MaskCollator:
     """The data loader's ``collate_fn``: batches samples and draws one mask per sample from the sample's seed.
 
@@ -484,6 +493,7 @@ class MaskCollator:
         """
         items = [item for item in batch if item is not None and "image" in item]
         num_bad = len(batch) - len(items)
+        items = [clip for item in items for clip in _split_repeats(item)]
         bad_files = [item["unreadable"] for item in batch if item is not None and "unreadable" in item]
         if not items:
             return {"images": None, "labels": None, "masks": None, "num_bad": num_bad, "bad_files": bad_files}

@@ -23,7 +23,7 @@ from maskfeat.models.video_maskfeat import VideoMaskFeat
 from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder, video_encoder_args
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.runner import Job, amp_dtype, data_folder, fit, make_loader, setup_run, shard_model, wrap_for_training
-from maskfeat.targets import HOGTarget, build_target
+from maskfeat.targets import build_target
 
 log = logging.getLogger("maskfeat")
 
@@ -47,8 +47,9 @@ def build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
     if is_video(cfg):
         args = video_model_args(cfg, pretrain=True)
         encoder = create_video_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
-        target = HOGTarget(16, temporal_patch=2, frame_index=t.frame_index, nbins=t.nbins,
-                                cell_size=t.cell_size, gaussian_window=t.gaussian_window)  # fmt: skip
+        target = build_target(t.name, 16, in_chans=3, nbins=t.nbins, cell_size=t.cell_size, temporal_patch=2,
+                              frame_index=t.frame_index, gaussian_window=t.gaussian_window,
+                              norm_pix=t.norm_pix)  # fmt: skip
         model = VideoMaskFeat(encoder, target)
     else:
         args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads)
@@ -91,7 +92,9 @@ def pretrain_dataset(cfg: DictConfig, folder: str):
     if is_video(cfg):
         transform = VideoTrainTransform(crop_size=d.image_size, short_side=tuple(d.short_side),
                                         scale=tuple(d.crop_scale), hflip=d.hflip)  # fmt: skip
-        return VideoDataset(folder, num_frames=d.num_frames, stride=d.frame_stride, transform=transform)
+        return VideoDataset(
+            folder, num_frames=d.num_frames, stride=d.frame_stride, transform=transform, backend=d.video_backend
+        )
     return ImageDataset(folder, pretrain_transform(d.image_size, scale=tuple(d.crop_scale), hflip=d.hflip))
 
 

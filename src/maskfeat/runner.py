@@ -398,7 +398,7 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
             while step < end:
                 epoch = step // job.steps_per_epoch
                 job.sampler.set_epoch(epoch)
-                job.sampler.set_start((step % job.steps_per_epoch) * tr.accum_steps * tr.batch_size)
+                job.sampler.set_start((step % job.steps_per_epoch) * tr.accum_steps * job.loader.batch_size)
                 step = train_one_epoch(train_model, job.loader, job.optimizer, job.scheduler, scaler, opts, epoch,
                                        step, stats, job.loss_fn, on_log, on_checkpoint)  # fmt: skip
         finally:

@@ -49,20 +49,28 @@ class HOGTarget(nn.Module):
 
 
 class PixelTarget(nn.Module):
-    """Per-patch pixels, ``(p, p, C)`` flattened as MAE's ``patchify``; optionally normalised per patch (norm_pix)."""
+    """Per-patch pixels, ``(p, p, C)`` flattened as MAE's ``patchify``; optionally normalised per patch (norm_pix).
 
-    def __init__(self, patch_size: int, in_chans: int = 3, norm_pix: bool = True):
+    Videos (B, C, T, H, W): each space-time patch of ``temporal_patch`` x p x p pixels, flattened ``(tp, p, p, C)``
+    as VideoMAE does, tokens in (t, h, w) row-major order: ``dim = temporal_patch * p * p * C`` (1536 for 2x16x16 RGB).
+    """
+
+    def __init__(self, patch_size: int, in_chans: int = 3, norm_pix: bool = True, temporal_patch: int = 1):
         super().__init__()
-        self.patch_size, self.norm_pix = patch_size, norm_pix
-        self.dim = in_chans * patch_size**2
+        self.patch_size, self.norm_pix, self.temporal_patch = patch_size, norm_pix, temporal_patch
+        self.dim = in_chans * patch_size**2 * temporal_patch
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch_size
+        p, tp = self.patch_size, self.temporal_patch
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
-            b, c, h, w = x.shape
-            x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), -1)
+            if x.dim() == 4:
+                x = x.unsqueeze(2)  # an image: a one-frame video
+                tp = 1
+            b, c, t, h, w = x.shape
+            x = x.reshape(b, c, t // tp, tp, h // p, p, w // p, p).permute(0, 2, 4, 6, 3, 5, 7, 1)
+            x = x.reshape(b, (t // tp) * (h // p) * (w // p), -1)
             if self.norm_pix:
                 mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True)
                 x = (x - mean) / (var + 1e-6).sqrt()
@@ -77,10 +85,14 @@ def build_target(
     cell_size: int = 8,
     gaussian_window: int = 0,
     norm_pix: bool = True,
+    temporal_patch: int = 1,
+    frame_index: int = 0,
 ) -> nn.Module:
-    """The target module called ``name`` (``hog`` or ``pixel``)."""
+    """The target module called ``name`` (``hog`` or ``pixel``); ``temporal_patch`` > 1 for video models (HOG of
+    frame ``frame_index`` of each temporal patch; pixels of the whole space-time patch)."""
     if name == "hog":
-        return HOGTarget(patch_size, in_chans, nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window)
+        return HOGTarget(patch_size, in_chans, nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window,
+                         temporal_patch=max(temporal_patch, 1), frame_index=frame_index)  # fmt: skip
     if name == "pixel":
-        return PixelTarget(patch_size, in_chans, norm_pix=norm_pix)
+        return PixelTarget(patch_size, in_chans, norm_pix=norm_pix, temporal_patch=temporal_patch)
     raise ValueError(f"unknown target '{name}' (hog, pixel)")

@@ -24,6 +24,8 @@ the temporal sampling and the transform, so a sample depends only on ``(seed, ep
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import logging
 import math
 import os
@@ -619,13 +621,26 @@ class _PyAVReader:
         return torch.from_numpy(out)
 
 
+@functools.cache
 def torchcodec_available() -> bool:
-    """Whether the optional torchcodec backend can be imported."""
+    """Whether the optional torchcodec backend can decode here: it imports, and it decodes a tiny MPEG-4 clip made
+    with PyAV in memory (torchcodec imports fine without its FFmpeg libraries, or against another PyTorch, and
+    fails only when it first decodes)."""
     try:
-        import torchcodec.decoders  # noqa: F401
-    except Exception:  # ImportError, or a torchcodec build that does not match the installed torch/FFmpeg
+        from torchcodec.decoders import VideoDecoder
+
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format="mp4") as container:
+            stream = container.add_stream("mpeg4", rate=8)
+            stream.width = stream.height = 16
+            stream.pix_fmt = "yuv420p"
+            for _ in range(2):
+                frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        return VideoDecoder(buffer.getvalue()).get_frame_at(0).data.shape[-1] == 16
+    except Exception:  # ImportError, missing FFmpeg libraries, a build for another torch
         return False
-    return True
 
 
 class _TorchCodecReader:
@@ -669,12 +684,18 @@ class _TorchCodecReader:
 
 
 _BACKENDS = ("pyav", "torchcodec", "auto")
+# Containers whose packets carry real presentation timestamps. torchcodec indexes frames by timestamp; an AVI has
+# none (FFmpeg makes them up from packet order), and on an MPEG-4 AVI with packed B-frames torchcodec's frame i is
+# not the i-th displayed frame and its last frame fails to decode (tests/test_video_data.py): "auto" keeps PyAV,
+# which counts frames in the decoder's output order, for every other container.
+_TORCHCODEC_CONTAINERS = (".mp4", ".m4v", ".mov", ".mkv", ".webm")
 
 
 def _open_reader(path: str, backend: str = "pyav", threads: int = 1, seek: bool = True) -> Any:
     if backend not in _BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; valid: {', '.join(_BACKENDS)}")
-    if backend == "torchcodec" or (backend == "auto" and torchcodec_available()):
+    timestamped = os.fspath(path).lower().endswith(_TORCHCODEC_CONTAINERS)
+    if backend == "torchcodec" or (backend == "auto" and timestamped and torchcodec_available()):
         return _TorchCodecReader(path, threads, seek)
     return _PyAVReader(path, threads, seek)
 
@@ -684,7 +705,8 @@ def probe_video(path: str | os.PathLike[str], backend: str = "pyav") -> VideoInf
 
     Args:
         path: video file.
-        backend: "pyav" (default), "torchcodec" (optional dependency) or "auto" (torchcodec when installed).
+        backend: "pyav" (default), "torchcodec" (optional dependency) or "auto" (torchcodec when usable, for MP4,
+            MOV, MKV and WebM; PyAV otherwise).
 
     Returns:
         A :class:`VideoInfo`.
@@ -788,7 +810,9 @@ class VideoDataset(LabeledFiles):
 
     - ``mode="train"``: one clip of ``num_frames`` frames ``stride`` apart from a uniformly random start, augmented
       with :class:`~maskfeat.data.video_transforms.VideoTrainTransform` (short-side jitter, random resized crop, flip).
-      Item: ``{"image": FloatTensor (3, T, H, W), "label": int, "seed": int}``.
+      Item: ``{"image": FloatTensor (3, T, H, W), "label": int, "seed": int}``. With ``repeats`` R > 1 (repeated
+      augmentation: one decode, R independently augmented clips of it), ``"image"`` is ``(R, 3, T, H, W)`` and the
+      item has ``"repeats": R``; :class:`maskfeat.masking.MaskCollator` puts the R clips into the batch as samples.
     - ``mode="eval"``: ``num_clips`` uniformly spaced clips (:func:`uniform_clip_starts`) x ``num_crops`` spatial crops
       (:class:`~maskfeat.data.video_transforms.VideoEvalTransform`), deterministic. With ``V = num_clips * num_crops
       > 1`` views the item is ``{"image": FloatTensor (V, 3, T, H, W), "label", "seed", "video_index": index}``, views
@@ -814,6 +838,7 @@ class VideoDataset(LabeledFiles):
         backend: "pyav" (default), "torchcodec" or "auto".
         threads: decoder threads per item (1 = single-threaded: loader workers already run in parallel).
         seek: seek to the needed stretch (default) instead of decoding from the start.
+        repeats: train mode: augmented clips per decoded clip (repeated augmentation, SlowFast's ``NUM_SAMPLE``).
     """
 
     def __init__(
@@ -833,6 +858,7 @@ class VideoDataset(LabeledFiles):
         backend: str = "pyav",
         threads: int = 1,
         seek: bool = True,
+        repeats: int = 1,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -842,8 +868,14 @@ class VideoDataset(LabeledFiles):
             raise ValueError(f"num_clips and num_crops must be >= 1, got {num_clips} and {num_crops}")
         if mode == "train" and (num_clips != 1 or num_crops != 1):
             raise ValueError("num_clips and num_crops (multi-view) apply to mode='eval' only")
+        if repeats < 1 or (repeats > 1 and mode != "train"):
+            raise ValueError(f"repeats must be >= 1 and applies to mode='train' only, got {repeats} in {mode!r}")
+        self.repeats = int(repeats)
         if backend not in _BACKENDS:
             raise ValueError(f"unknown video backend {backend!r}; valid: {', '.join(_BACKENDS)}")
+        if backend == "torchcodec" and not torchcodec_available():
+            raise ValueError("video backend 'torchcodec' cannot decode here (not installed, or its FFmpeg libraries or "
+                             "PyTorch version do not match); use 'pyav'")  # fmt: skip
         self.root = os.fspath(source)
         self.num_frames = int(num_frames)
         self.stride = int(stride)
@@ -891,7 +923,10 @@ class VideoDataset(LabeledFiles):
                 logger.warning("skipped unreadable video %s: %s", path, _failure_reason(exc, path))
                 return {"unreadable": path}
             if self.mode == "train":
-                return {"image": self.transform(frames), "label": int(self._labels[index]), "seed": seed}
+                if self.repeats == 1:
+                    return {"image": self.transform(frames), "label": int(self._labels[index]), "seed": seed}
+                clips = torch.stack([self.transform(frames) for _ in range(self.repeats)])
+                return {"image": clips, "label": int(self._labels[index]), "seed": seed, "repeats": self.repeats}
             views = []
             for clip in frames.split(self.num_frames):
                 out = self.transform(clip)

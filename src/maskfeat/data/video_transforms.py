@@ -12,9 +12,12 @@ The randomness comes from torch's global RNG, which :class:`maskfeat.data.video.
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -24,6 +27,7 @@ __all__ = [
     "NormalizeVideoUint8",
     "VideoEvalTransform",
     "VideoTrainTransform",
+    "erase_cube",
     "spatial_crop_offsets",
     "video_eval_transform",
     "video_train_transform",
@@ -89,6 +93,11 @@ class VideoTrainTransform:
         interpolation: "bilinear" (SlowFast's choice, the default) or "bicubic"; antialiased when downsampling.
         mean: normalisation mean (RGB, 0..1 scale).
         std: normalisation std.
+        auto_augment: timm RandAugment spec (e.g. ``rand-m7-n4-mstd0.5-inc1``, the MViTv2/MaskFeat Kinetics
+            fine-tuning recipe) applied **consistently across the clip's frames**: one draw of operations,
+            magnitudes and signs per clip, replayed on every frame. None = off (pre-training).
+        reprob: probability of random erasing (fine-tuning): one box per clip, the same in every frame (a cube),
+            filled with per-pixel normal noise in the normalised space (timm's ``pixel`` mode).
 
     Call with a uint8 clip ``(T, H, W, 3)``; returns float32 ``(3, T, crop_h, crop_w)``.
     """
@@ -103,6 +112,8 @@ class VideoTrainTransform:
         interpolation: str = "bilinear",
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        auto_augment: str | None = None,
+        reprob: float = 0.0,
     ) -> None:
         self.size = _size_pair(crop_size)
         lo, hi = int(short_side[0]), int(short_side[1])
@@ -117,6 +128,17 @@ class VideoTrainTransform:
         self.interpolation = interpolation
         self._mode = _interpolation(interpolation)
         self.normalize = NormalizeVideoUint8(mean, std)
+        self.auto_augment = auto_augment
+        self.rand_augment = None
+        if auto_augment:
+            from timm.data.auto_augment import rand_augment_transform
+
+            hparams = {"translate_const": int(min(self.size) * 0.45),
+                       "img_mean": tuple(min(255, round(255 * m)) for m in mean)}  # fmt: skip
+            self.rand_augment = rand_augment_transform(auto_augment, hparams)
+        if not 0.0 <= reprob <= 1.0:
+            raise ValueError(f"reprob must be in [0, 1], got {reprob}")
+        self.reprob = float(reprob)
 
     def get_params(self, height: int, width: int) -> tuple[int, int, int, int, bool]:
         """Draws one clip's parameters from torch's global RNG.
@@ -153,13 +175,48 @@ class VideoTrainTransform:
         ).as_subclass(torch.Tensor)
         if flip:
             out = out.flip(-1)
-        return self.normalize(out)
+        if self.rand_augment is not None:
+            out = self._rand_augment_clip(out)
+        out = self.normalize(out)
+        if self.reprob > 0 and torch.rand(1).item() < self.reprob:
+            erase_cube(out)
+        return out
+
+    def _rand_augment_clip(self, frames: torch.Tensor) -> torch.Tensor:
+        """timm's RandAugment on every frame of a uint8 ``(T, 3, H, W)`` clip with the same draws: it picks its
+        operations with NumPy and its probabilities, magnitudes and signs with Python's ``random``, never from the
+        pixels, so replaying both generators' states per frame replays the same operations."""
+        py_state, np_state = random.getstate(), np.random.get_state()
+        out = []
+        for frame in frames:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            image = self.rand_augment(Image.fromarray(frame.permute(1, 2, 0).numpy()))
+            out.append(torch.from_numpy(np.array(image)).permute(2, 0, 1))
+        return torch.stack(out)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(crop_size={self.size}, short_side={self.short_side}, scale={self.scale}, "
-            f"ratio={self.ratio}, hflip={self.hflip}, interpolation={self.interpolation})"
+            f"ratio={self.ratio}, hflip={self.hflip}, interpolation={self.interpolation}, "
+            f"auto_augment={self.auto_augment!r}, reprob={self.reprob})"
         )
+
+
+def erase_cube(clip: torch.Tensor, scale: tuple[float, float] = (0.02, 1 / 3), ratio: float = 0.3) -> None:
+    """Random erasing of one box, the same in every frame of a normalised ``(C, T, H, W)`` clip, in place: area
+    ``U(scale)`` of the frame, log-uniform aspect ratio in ``(ratio, 1 / ratio)`` (timm's defaults, 10 tries), filled
+    with per-pixel standard normal noise (timm's ``pixel`` mode) that is the same in every frame."""
+    c, _, h, w = clip.shape
+    for _ in range(10):
+        area = h * w * torch.empty(1).uniform_(*scale).item()
+        aspect = math.exp(torch.empty(1).uniform_(math.log(ratio), -math.log(ratio)).item())
+        eh, ew = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < eh < h and 0 < ew < w:
+            top = int(torch.randint(0, h - eh + 1, (1,)).item())
+            left = int(torch.randint(0, w - ew + 1, (1,)).item())
+            clip[:, :, top : top + eh, left : left + ew] = torch.randn(c, 1, eh, ew, dtype=clip.dtype)
+            return
 
 
 def spatial_crop_offsets(length: int, size: int, num_crops: int) -> list[int]:
