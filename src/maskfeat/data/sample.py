@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 _VERSION = 1
+_VIDEO_VERSION = 2  # 2: the window's whole path stays inside the photo
 _MARKER = ".maskfeat_sample.json"
 
 #: Source photos (file names inside skimage/data), also the class names of :func:`sample_labeled_folder`.
@@ -242,14 +243,20 @@ SAMPLE_MOTIONS: dict[str, tuple[float, float, float]] = {
 
 
 def _motion_clip(photo: Image.Image, motion: tuple[float, float, float], frames: int, size: int,
-                 rng: np.random.Generator) -> list[np.ndarray]:  # fmt: skip
-    """``frames`` RGB frames (size x size) of a window moving over ``photo`` (start position and size random)."""
+                 rng: np.random.Generator, window: tuple[float, float] = (0.35, 0.55)) -> list[np.ndarray]:  # fmt: skip
+    """``frames`` RGB frames (size x size) of a window moving over ``photo`` (start position and size random; the
+    window's side is a fraction ``window`` of the photo's short side)."""
     dx, dy, zoom = motion
     w, h = photo.size
-    side = rng.uniform(0.35, 0.55) * min(w, h)
-    travel = frames * max(abs(dx), abs(dy)) + side * max(zoom, 1 / zoom) ** frames
-    cx = rng.uniform(min(travel, w / 2), max(w - travel, w / 2))
-    cy = rng.uniform(min(travel, h / 2), max(h - travel, h / 2))
+    side = rng.uniform(*window) * min(w, h)
+    # the window's centre moves by (dx, dy) * side / 64 per frame and its side grows by ``zoom`` per frame: draw
+    # the start so that the whole path stays inside the photo (centred where the photo is too small for it)
+    half = side * max(1.0, zoom ** (frames - 1)) / 2
+    path_x, path_y = dx * (frames - 1) * side / 64, dy * (frames - 1) * side / 64
+    lo_x, hi_x = half - min(0.0, path_x), w - half - max(0.0, path_x)
+    lo_y, hi_y = half - min(0.0, path_y), h - half - max(0.0, path_y)
+    cx = rng.uniform(lo_x, hi_x) if lo_x < hi_x else (lo_x + hi_x) / 2
+    cy = rng.uniform(lo_y, hi_y) if lo_y < hi_y else (lo_y + hi_y) / 2
     out = []
     for i in range(frames):
         half = side * zoom**i / 2
@@ -275,7 +282,7 @@ def _write_mp4(path: str, frames: list[np.ndarray], fps: int = 25) -> None:
 
 def sample_video_folder(
     root: str | None = None, split: str = "train", clips_per_class: int | None = None, frames: int = 32,
-    size: int = 96, seed: int = 0,
+    size: int = 96, seed: int = 0, photos: str | None = None,
 ) -> str:  # fmt: skip
     """Builds (once) a folder of short real-photo clips under camera motion, one class per motion.
 
@@ -284,12 +291,15 @@ def sample_video_folder(
     several frames (one frame alone cannot tell the motion).
 
     Args:
-        root: target folder; default ``<cache>/sample_videos_v1/{split}_k{k}_f{frames}_s{size}_seed{seed}``.
+        root: target folder; default ``<cache>/sample_videos_v2/{split}_k{k}_f{frames}_s{size}_seed{seed}``.
         split: ``"train"`` or ``"val"`` (disjoint random streams of the same seed).
         clips_per_class: clips per motion (default 12 for train, 4 for val).
         frames: frames per clip.
         size: side of the square frames.
         seed: seed of the windows and photos.
+        photos: a folder of images (searched recursively) to film instead of scikit-image's photos, one random
+            image per clip (e.g. CIFAR-10's, for ``bench/video_motion.py``); the window then covers 55-70% of the
+            image's side (these are small images).
 
     Returns:
         The folder's absolute path (``<root>/<motion>/NNNNN.mp4``).
@@ -297,17 +307,34 @@ def sample_video_folder(
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     k = clips_per_class or (12 if split == "train" else 4)
-    params = {"version": _VERSION, "kind": "videos", "split": split, "k": k, "frames": frames, "size": size,
+    params = {"version": _VIDEO_VERSION, "kind": "videos", "split": split, "k": k, "frames": frames, "size": size,
               "seed": seed}  # fmt: skip
-    root = root or os.path.join(default_cache_dir(), "sample_videos_v1", f"{split}_k{k}_f{frames}_s{size}_seed{seed}")
+    if photos is not None:
+        params["photos"] = os.path.abspath(photos)
+    root = root or os.path.join(
+        default_cache_dir(), f"sample_videos_v{_VIDEO_VERSION}", f"{split}_k{k}_f{frames}_s{size}_seed{seed}"
+    )
 
     def fill(folder: str) -> None:
-        photos = list(_load_sources().values())
+        if photos is None:
+            sources = list(_load_sources().values())
+            pick = lambda i: sources[i]  # noqa: E731
+            count = len(sources)
+        else:
+            from .images import IMAGE_EXTENSIONS, find_files
+
+            files = find_files(photos, IMAGE_EXTENSIONS)
+            if not files:
+                raise ValueError(f"no images found in {photos}")
+            pick = lambda i: Image.open(files[i]).convert("RGB")  # noqa: E731
+            count = len(files)
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, 7])
         for motion, spec in SAMPLE_MOTIONS.items():
             os.makedirs(os.path.join(folder, motion))
             for i in range(k):
-                photo = photos[int(rng.integers(len(photos)))]
-                _write_mp4(os.path.join(folder, motion, f"{i:05d}.mp4"), _motion_clip(photo, spec, frames, size, rng))
+                photo = pick(int(rng.integers(count)))
+                window = (0.35, 0.55) if photos is None else (0.55, 0.7)
+                clip = _motion_clip(photo, spec, frames, size, rng, window)
+                _write_mp4(os.path.join(folder, motion, f"{i:05d}.mp4"), clip)
 
     return _build_atomically(root, params, fill)
