@@ -52,6 +52,11 @@ def test_layers_merge_in_order(tmp_path):
         ("model.name=mvit_v2_s model.depth=2", "model.depth does not apply to MViT"),
         ("data.path=/no/such/folder", "data.path does not exist: /no/such/folder"),
         ("train.amp=fp8", "train.amp must be one of"),
+        ("train.strategy=zero3", "train.strategy must be one of ddp, fsdp"),
+        ("train.strategy=fsdp train.amp=fp16", "train.strategy=fsdp trains with train.amp=bf16 or off"),
+        ("data.repeated_aug=2", "data.repeated_aug applies to video models"),
+        ("model.name=vit_s data.repeated_aug=3 train.batch_size=4", "must be a multiple of data.repeated_aug=3"),
+        ("model.name=vit_s data.video_backend=ffmpeg", "data.video_backend must be pyav, torchcodec or auto"),
         ("epochs", "is not of the form key=value"),
     ],
 )

@@ -324,6 +324,7 @@ def validate(cfg: DictConfig, command: str) -> None:
     _require(0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")
     _require(0 <= d.reprob <= 1, f"data.reprob must be in [0, 1], got {d.reprob}")
     _require(d.repeated_aug >= 1, f"data.repeated_aug must be >= 1, got {d.repeated_aug}")
+    _require(video or d.repeated_aug == 1, "data.repeated_aug applies to video models; use 1 for images")
     _require(
         tr.batch_size % d.repeated_aug == 0,
         f"train.batch_size={tr.batch_size} must be a multiple of data.repeated_aug={d.repeated_aug} (clips per video)",

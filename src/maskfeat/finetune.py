@@ -190,8 +190,6 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     train_folder, val_folder = labeled_folders(cfg)
     dataset = _train_dataset(cfg, train_folder, linprobe=kind == "linprobe")
     num_classes = len(dataset.classes)
-    if d.repeated_aug > 1 and not is_video(cfg):
-        raise ConfigError("data.repeated_aug applies to video models; use 1 for images")
     videos_per_batch = tr.batch_size // d.repeated_aug  # repeated augmentation: each video gives repeated_aug clips
     loader, sampler = make_loader(dataset, MaskCollator(None, (1, 1), 0.5), videos_per_batch, d.num_workers,
                                   cfg.seed, device, train=True, rank=rank, world_size=world_size)  # fmt: skip
