@@ -20,8 +20,10 @@ Parts (a part runs after the parts it needs; a run whose folder already holds a 
     scratch10, scratch100     the identical fine-tune from random weights
     linprobe, linprobe_pixel  linear probe of the frozen HOG / pixel encoder (10% of the labels by default)
 
-Run from the repository root (the configs give the data as ../shared/data/cifar10/{train,test}; ``--data``
-overrides it). Every number in the table is read back from the runs' metrics.jsonl.
+Run from the repository root. The configs read data/cifar10/{train,test} (write it with
+``python scripts/prepare_cifar10.py``); ``--data`` overrides it, and with neither the script uses
+../shared/data/cifar10 where a developer's checkout has it. Every number in the table is read back from the
+runs' metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def build_commands(args: argparse.Namespace) -> dict[str, list[str]]:
     suffix = "_gpu" if args.gpu else ""
     py = [sys.executable, "-m", "maskfeat"]
     data = []
+    if args.data is None and not os.path.isdir("data/cifar10") and os.path.isdir("../shared/data/cifar10"):
+        args.data = "../shared/data/cifar10"
     if args.data:
         data = [f"data.path={os.path.join(args.data, 'train')}", f"data.val_path={os.path.join(args.data, 'test')}"]
     fractions = {"ten": 0.1, "full": 1.0, "probe": args.linprobe_fraction}

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED = ROOT.parent / "shared"  # beside a developer's clone and in CI; a user's clone has none: tests using it skip
+SHARED_DATA = SHARED / "data"
 
 
 def write_images(folder: Path, n: int, size: tuple[int, int] = (48, 40), seed: int = 0) -> list[Path]:
@@ -38,3 +39,13 @@ def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "images"
     write_images(folder, 24)
     return folder
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory) -> Path:
+    """train/ and val/ ImageFolders of 3 classes (12 and 4 images per class)."""
+    root = tmp_path_factory.mktemp("labeled")
+    for split, n in (("train", 12), ("val", 4)):
+        for c in range(3):
+            write_images(root / split / f"class{c}", n, seed=100 * c + (split == "val"))
+    return root

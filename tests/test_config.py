@@ -32,7 +32,9 @@ def test_layers_merge_in_order(tmp_path):
     f.write_text("train:\n  epochs: 7\n  batch_size: 3\nmask:\n  ratio: 0.5\n")
     cfg = load_config("pretrain", str(f), ["train.epochs=2", "seed=5"])
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.mask.ratio, cfg.seed) == (2, 3, 0.5, 5)
-    assert cfg.output_dir == "runs/pretrain"  # the command's own default
+    assert cfg.output_dir == "runs/pretrain/c"  # the command's own default, one folder per config file
+    assert load_config("pretrain", None, []).output_dir == "runs/pretrain"
+    assert load_config("pretrain", str(f), ["output_dir=x"]).output_dir == "x"
     assert cfg.train.blr == 2e-4 and cfg.train.clip_grad == 0.02  # the official recipe in code
 
 
@@ -96,3 +98,74 @@ def test_shipped_configs_load(tmp_path):
         paths = [f"data.path={tmp_path}", f"data.val_path={tmp_path}", "model.checkpoint=null"]
         cfg = load_config(f.parent.name, str(f), paths)
         assert cfg.data.image_size % 16 == 0, f
+
+
+def test_only_the_paths_a_command_reads_are_checked(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    cfg = load_config("evaluate", None, [f"data.path={missing}", f"data.val_path={tmp_path}",
+                                         f"model.checkpoint={tmp_path}/x.pt"], check_paths=False)  # fmt: skip
+    assert cfg.data.path == missing
+    (tmp_path / "x.pt").write_bytes(b"")
+    ckpt = f"model.checkpoint={tmp_path}/x.pt"
+    load_config("evaluate", None, [f"data.path={missing}", f"data.val_path={tmp_path}", ckpt])  # path: not read
+    with pytest.raises(ConfigError, match="data.val_path does not exist"):
+        load_config("evaluate", None, [f"data.val_path={missing}", ckpt])
+    load_config("pretrain", None, [f"data.val_path={missing}"])  # pre-training reads no evaluation data
+    with pytest.raises(ConfigError, match="data.path does not exist"):
+        load_config("pretrain", None, [f"data.path={missing}"])
+
+
+def test_cifar10_configs_read_the_folder_the_prepare_script_writes():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for f in sorted((root / "configs").glob("*/cifar10*.yaml")):
+        text = f.read_text()
+        assert "shared" not in text, f  # a user's clone has no ../shared
+        cfg = load_config(f.parent.name, str(f), [], check_paths=False)
+        assert cfg.data.path == "data/cifar10/train", f
+        assert cfg.data.val_path in (None, "data/cifar10/test"), f
+
+
+def test_keys_prints_every_key_with_its_description_as_yaml_that_loads_back_as_the_same_config(tmp_path):
+    import subprocess
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from maskfeat.config import field_descriptions
+
+    about = field_descriptions()
+    assert sorted(about) == sorted(valid_keys())
+    assert all(len(text) > 8 for text in about.values()), [k for k, text in about.items() if len(text) <= 8]
+    assert about["data.repeated_aug"].endswith("holds batch_size / repeated_aug videos)")  # continuation lines too
+
+    overrides = ["train.epochs=3", "data.crop_scale=[0.2,1.0]", "data.auto_augment=rand-m9-mstd0.5-inc1",
+                 "train.lr=0.001", "output_dir='runs/x #1'", "seed=7"]  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "maskfeat", "finetune", "--keys", *overrides], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    section, described = "", []
+    for line in r.stdout.splitlines():
+        if line.lstrip().startswith("#"):  # the header, or a description's continuation line
+            continue
+        if line.endswith(":"):
+            section = line[:-1] + "."
+            continue
+        key = (section if line.startswith(" ") else "") + line.split(":")[0].strip()
+        assert line.split("  # ", 1)[1] == about[key][: len(line.split("  # ", 1)[1])], line  # its own description
+        described.append(key)
+    assert sorted(described) == sorted(valid_keys())  # every key once
+    saved = tmp_path / "keys.yaml"
+    saved.write_text(r.stdout)
+    expected = OmegaConf.to_container(load_config("finetune", None, overrides))
+    assert OmegaConf.to_container(load_config("finetune", str(saved))) == expected
+
+
+def test_amp_off_is_off_in_a_file_and_on_the_command_line(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  amp: off\n")  # YAML 1.1: a bare off is the boolean false
+    assert load_config("pretrain", str(f), []).train.amp == "off"
+    assert load_config("pretrain", None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp must be one of"):
+        load_config("pretrain", None, ["train.amp=true"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -28,8 +29,6 @@ from maskfeat.data import (
     sample_seed,
     scan_image_folder,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
 def _gradient_rgb(width: int = 40, height: int = 30) -> Image.Image:

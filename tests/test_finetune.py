@@ -8,23 +8,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import write_images
+from omegaconf import OmegaConf
+from PIL import Image
 from safetensors.torch import load_file
 from test_cli import TINY, maskfeat, rows
 
 from maskfeat.checkpoint import write_encoder
 from maskfeat.finetune import build_classifier, label_subset, load_pretrained
 from maskfeat.models import create_encoder, encoder_model_args
-
-
-@pytest.fixture(scope="module")
-def labeled(tmp_path_factory) -> Path:
-    """train/ and val/ ImageFolders of 3 classes (12 and 4 images per class)."""
-    root = tmp_path_factory.mktemp("labeled")
-    for split, n in (("train", 12), ("val", 4)):
-        for c in range(3):
-            write_images(root / split / f"class{c}", n, seed=100 * c + (split == "val"))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +60,7 @@ def test_linprobe_leaves_the_encoder_untouched(labeled, pretrained, tmp_path):
                  f"model.checkpoint={pretrained / 'checkpoint-last.pt'}", f"output_dir={out}", "train.epochs=2",
                  "data.num_workers=0")  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert "(99 trainable params," in r.stderr  # the head: Linear(32, 3) after a BatchNorm without affine
     trained = torch.load(out / "checkpoint-last.pt", weights_only=True)["model"]
     encoder = load_file(pretrained / "encoder.safetensors")
     for k, v in encoder.items():
@@ -124,3 +116,71 @@ def test_export_round_trip_gives_the_same_outputs_in_timm(pretrained, tmp_path):
     ours.eval(), theirs.eval()
     no_mask = torch.zeros(2, 2, 2, dtype=torch.bool)
     torch.testing.assert_close(ours.forward_features(x, no_mask), theirs.forward_features(x)[:, 1:])
+
+
+def _timm_encoder(folder: Path) -> tuple[dict, torch.nn.Module]:
+    """The encoder of ``folder`` built the way encoder.json tells timm to: its ``model_args`` and ``pretrained_cfg``."""
+    meta = json.loads((folder / "encoder.json").read_text())
+    model = timm.create_model(meta["architecture"], pretrained=False, pretrained_cfg_overlay=meta["pretrained_cfg"],
+                              **{"num_classes": 0, **meta["model_args"]})  # fmt: skip
+    model.load_state_dict(load_file(folder / "encoder.safetensors"), strict=True)
+    return meta, model.eval()
+
+
+def _assert_timm_preprocesses_as_maskfeat(model: torch.nn.Module, image: Path, size: int, crop_pct: float) -> None:
+    from timm.data import create_transform, resolve_data_config
+
+    from maskfeat.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+
+    cfg = resolve_data_config({}, model=model)
+    assert tuple(cfg["input_size"]) == (3, size, size) and cfg["crop_pct"] == crop_pct
+    assert cfg["interpolation"] == "bicubic" and cfg["crop_mode"] == "center"
+    assert tuple(cfg["mean"]) == IMAGENET_MEAN and tuple(cfg["std"]) == IMAGENET_STD  # not timm's ViT 0.5 / 0.5
+    img = Image.open(image).convert("RGB")
+    theirs, ours = create_transform(**cfg)(img), eval_transform(size, crop_pct=crop_pct)(img)
+    assert theirs.shape == ours.shape and (theirs - ours).abs().mean() < 1e-3  # timm's transform is maskfeat's
+
+
+def test_exported_pretrain_encoder_tells_timm_its_preprocessing_and_pooling(labeled, pretrained, tmp_path):
+    meta, model = _timm_encoder(pretrained)
+    assert meta["pretrained_cfg"]["num_classes"] == 0
+    _assert_timm_preprocesses_as_maskfeat(model, next((labeled / "val" / "class0").iterdir()), 32, 0.875)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # features = the average of the final-norm patch tokens, as linprobe / finetune pool
+        torch.testing.assert_close(model(x), model.forward_features(x)[:, 1:].mean(1))
+
+    r = maskfeat("export", str(pretrained / "checkpoint-last.pt"), str(tmp_path / "exp"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "exp" / "encoder.json").read_text()) == meta
+
+    # a checkpoint of an older version (no pretrained_cfg, token pooling): export rebuilds both from its config
+    old = torch.load(pretrained / "checkpoint-last.pt", weights_only=True)
+    token_pooled = {k: v for k, v in meta["model_args"].items() if k not in ("global_pool", "fc_norm")}
+    old["encoder"] = {"architecture": meta["architecture"], "model_args": token_pooled}
+    torch.save(old, tmp_path / "old.pt")
+    r = maskfeat("export", str(tmp_path / "old.pt"), str(tmp_path / "exp-old"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "exp-old" / "encoder.json").read_text()) == meta
+
+
+def test_finetune_without_val_path_lists_its_outputs_logs_the_peak_lr_and_exports_its_preprocessing(
+    labeled, pretrained, tmp_path
+):
+    out = tmp_path / "ft"
+    r = maskfeat("finetune", *TINY, f"data.path={labeled / 'train'}", f"output_dir={out}", "train.epochs=1",
+                 f"model.checkpoint={pretrained / 'encoder.safetensors'}", "train.warmup_epochs=0",
+                 "data.crop_pct=0.9", "data.num_workers=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (done,) = [line for line in r.stderr.splitlines() if line.startswith("done.")]
+    assert not (out / "checkpoint-best.pt").exists() and "checkpoint-best.pt" not in done  # nothing evaluated
+    assert "checkpoint-last.pt" in done and "encoder.safetensors" in done
+    # layer decay (0.65, the finetune default) scales the lower layers down: the logged lr is the peak group's,
+    # which at step 1 without warm-up is train.lr itself
+    peak = OmegaConf.load(out / "config.yaml").train.lr
+    assert rows(out / "metrics.jsonl")[0]["lr"] == pytest.approx(peak, rel=1e-6)
+
+    meta, model = _timm_encoder(out)
+    assert meta["pretrained_cfg"]["num_classes"] == 3
+    assert meta["pretrained_cfg"]["label_names"] == ["class0", "class1", "class2"]  # the order of the logits
+    _assert_timm_preprocesses_as_maskfeat(model, next((labeled / "val" / "class1").iterdir()), 32, 0.9)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)

@@ -1,4 +1,5 @@
-"""Tests of maskfeat.hog against an independent float64 NumPy implementation of SPEC section 1."""
+"""Tests of maskfeat.hog against an independent float64 NumPy implementation of the official MaskFeat HOG
+(the definition in maskfeat.hog's docstring)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ KY = KX.T
 def reference_hog(
     x: np.ndarray, nbins: int = 9, cell: int = 8, gaussian_window: int = 0, margin: float = 1e-6
 ) -> tuple[np.ndarray, np.ndarray]:
-    """SPEC section 1 in float64 NumPy, written independently of the implementation under test.
+    """The HOG definition (maskfeat.hog's docstring) in float64 NumPy, written independently of the implementation
+    under test.
 
     Args:
         x: (B, C, H, W) array.
@@ -71,7 +73,8 @@ def assert_matches_reference(out: torch.Tensor, ref: np.ndarray, near: np.ndarra
 
 
 def patch_vectors_reference(hist: np.ndarray, patch: int, cell: int) -> np.ndarray:
-    """Per-patch target vectors from reference histograms by the SPEC index formula, with explicit loops."""
+    """Per-patch target vectors from reference histograms by the official index formula
+    ``((c * nbins + b) * k + i) * k + j``, with explicit loops."""
     B, C, nbins, Hc, Wc = hist.shape
     k = patch // cell
     hp, wp = Hc // k, Wc // k
@@ -131,7 +134,7 @@ def test_integer_images_match_exactly_everywhere(shape: tuple[int, int, int, int
     np.testing.assert_allclose(HOG()(x).numpy(), ref, rtol=0, atol=1e-6)
 
 
-def test_pure_edge_directions_land_in_the_spec_bins() -> None:
+def test_pure_edge_directions_land_in_the_defined_bins() -> None:
     H = W = 16
     rows = torch.arange(H, dtype=torch.float32)[:, None].expand(H, W)
     cols = torch.arange(W, dtype=torch.float32)[None, :].expand(H, W)

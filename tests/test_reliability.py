@@ -49,6 +49,49 @@ def test_sigterm_saves_at_the_step_boundary_exits_75_and_the_rerun_resumes(tmp_p
     assert [m["step"] for m in rows(out / "metrics.jsonl")] == list(range(1, 361))
 
 
+def test_ctrl_c_saves_at_the_step_boundary_exits_130_and_the_rerun_resumes(tmp_path, image_folder):
+    out = tmp_path / "run"
+    args = ["pretrain", *TINY, f"data.path={image_folder}", f"output_dir={out}", "train.epochs=60",
+            "train.checkpoint_every=0", "data.num_workers=2"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "maskfeat", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(rows(out / "metrics.jsonl")) >= 3:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the process and its data-loader workers
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "received SIGINT: saving a checkpoint at the end of this step" in stderr
+    assert "interrupted at step" in stderr and "checkpoint saved, rerun the same command to resume" in stderr
+    step = torch.load(out / "checkpoint-last.pt", weights_only=True)["step"]
+    assert 3 <= step < 360 and rows(out / "metrics.jsonl")[-1]["step"] == step  # nothing lost, nothing after
+    r = maskfeat(*args, f"train.max_steps={step + 2}")
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {out / 'checkpoint-last.pt'} at step {step}/360" in r.stderr
+    assert [m["step"] for m in rows(out / "metrics.jsonl")] == list(range(1, step + 3))
+
+
+def test_a_second_ctrl_c_stops_at_once_but_the_same_one_forwarded_again_does_not():
+    from maskfeat.runner import PreemptionSignals
+
+    with PreemptionSignals(every=1) as signals:
+        signals.REPEAT_S = 0.5
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: save at the step boundary, no exception here
+            os.kill(os.getpid(), signal.SIGINT)  # at once again: torchrun's agent forwarding the same Ctrl-C
+            time.sleep(0.6)
+        except KeyboardInterrupt:
+            pytest.fail("a first Ctrl-C stopped the run at once")
+        assert signals.flag and signals.received == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):  # a person pressing Ctrl-C again
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_good_one(tmp_path, image_folder):
     out = tmp_path / "run"
     base = ["pretrain", *TINY, f"data.path={image_folder}", f"output_dir={out}", "train.epochs=2",
@@ -158,6 +201,7 @@ def test_torchrun_two_cpu_processes_record_world_size(tmp_path, image_folder):
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world_size: 2" in (out / "config.yaml").read_text()
+    assert "broadcast_buffers" not in r.stderr  # DDP's deprecated argument used to warn once per process
     assert "lr: 6.25e-06" in (out / "config.yaml").read_text()  # 2e-4 x (4 x 2 processes) / 256
     # 24 images / 2 ranks / batch 4 = 3 steps per epoch, logged once (rank 0 only)
     assert [m["step"] for m in rows(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
@@ -204,6 +248,10 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(tmp_path, image_folder):
     moved = sum(not torch.equal(ckpt["model"]["encoder." + n], w) for n, w in once.items())
     assert moved > len(once) // 2
     # resuming a sharded run as an unsharded one is refused with one line
+    # (one process is another world_size: that alone stops the rerun, unless forced)
     r = subprocess.run([sys.executable, "-m", "maskfeat", *fsdp, "train.epochs=3"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "train.epochs: 2 -> 3; " in r.stderr and "world_size: 2 -> 1)" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "maskfeat", *fsdp, "train.epochs=3", "train.resume=force"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 2 and "was written by a sharded (train.strategy=fsdp) run" in r.stderr, r.stderr[-2000:]

@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 import maskfeat.data.video as video
 from maskfeat.data.images import DataError, SeededSampler
@@ -31,7 +32,7 @@ from maskfeat.data.video import (
 from maskfeat.data.video_transforms import VideoEvalTransform, VideoTrainTransform, erase_cube, spatial_crop_offsets
 from maskfeat.masking import MaskCollator
 
-VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
+VIDEOS = SHARED_DATA / "videos"
 
 # name: (width, height, frames, fps, codec), from shared/data/README.md
 REAL_CLIPS = {
@@ -90,11 +91,13 @@ def _encode(
     pix_fmt: str = "yuv420p",
     options: dict[str, str] | None = None,
     gop: int | None = None,
+    container_options: dict[str, str] | None = None,
 ) -> Path:
     """Writes a synthetic clip with PyAV: moving gradients and a moving white bar (distinct frames)."""
     width, height = size
     yy, xx = np.mgrid[0:height, 0:width]
-    with av.open(str(path), "w") as container:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", options=container_options) as container:
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if options:
@@ -131,6 +134,7 @@ def test_real_clip_metadata_matches_table(name: str) -> None:
     width, height, frames, fps, codec = REAL_CLIPS[name]
     info = probe_video(VIDEOS / name)
     assert (info.width, info.height, info.num_frames, info.codec) == (width, height, frames, codec)
+    assert info.declared_frames == frames and video.damaged(info) is None
     assert info.fps == pytest.approx(fps)
     assert info.duration == pytest.approx(frames / fps, rel=0.1)
     assert _reference_frames(VIDEOS / name).shape == (frames, height, width, 3)
@@ -230,6 +234,8 @@ def test_synthetic_clips_decode_exactly(spec: tuple, tmp_path: Path) -> None:
     info = probe_video(path)
     assert (info.num_frames, info.width, info.height) == (frames, width, height)
     assert info.fps == pytest.approx(float(rate), rel=1e-3)
+    assert info.declared_frames in (0, frames) and info.declared_duration == pytest.approx(frames / rate, rel=0.05)
+    assert video.damaged(info) is None  # every intact file: nothing declared is missing
     reference = _reference_frames(path)
     assert reference.shape == (frames, height, width, 3)
     for start in range(0, frames, 3):  # every third start: inside GOPs, on keyframes, near the end
@@ -314,6 +320,81 @@ def test_truncated_file_with_index_up_front_is_read_gracefully(
     reference = _reference_frames(full)
     assert np.array_equal(clip[0].numpy(), reference[info.num_frames - 29])  # frames before the cut are exact
     assert all(str(cut) in m for m in _messages(caplog))  # whatever was done is named
+
+
+# file, encoder, encoder options, container options (MP4: the index up front, so that a cut file still opens)
+TRUNCATED = [
+    ("vp9.webm", "libvpx-vp9", {"deadline": "realtime", "cpu-used": "8"}, None),
+    ("h264.mp4", "libx264", {"preset": "ultrafast"}, {"movflags": "faststart"}),
+]
+
+
+@pytest.mark.parametrize("spec", TRUNCATED, ids=[s[0] for s in TRUNCATED])
+def test_a_truncated_file_is_named_and_counted_as_a_bad_sample(
+    spec: tuple, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    name, encoder, options, container_options = spec
+    if not _has_encoder(encoder):
+        pytest.skip(f"encoder {encoder} not in this PyAV build")
+    whole = _encode(tmp_path / "whole" / name, encoder, 81, (98, 66), 24, options=options,
+                    container_options=container_options)  # fmt: skip
+    cut = tmp_path / "cut" / name  # a download cut short: a quarter of the bytes, the header still says 81 frames
+    cut.parent.mkdir()
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 4])
+    info = probe_video(cut)
+    assert 5 < info.num_frames < 30 and info.duration < 1.5
+    if name.endswith(".webm"):  # Matroska records the duration only
+        assert info.declared_frames == 0 and info.declared_duration == pytest.approx(81 / 24)
+    else:
+        assert info.declared_frames == 81
+    assert video.damaged(probe_video(whole)) is None
+    assert video.damaged(info).startswith("truncated or damaged")
+
+    dataset = VideoDataset(tmp_path, files=[str(whole), str(cut)], num_frames=4, stride=2,
+                           transform=VideoTrainTransform(32, short_side=(40, 48)))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="maskfeat"):
+        items = [dataset[(i, 0)] for i in range(2)]
+    assert items[0]["image"].shape == (3, 4, 32, 32) and items[1] == {"unreadable": str(cut)}
+    batch = MaskCollator("cube", (2, 2, 2), 0.5)(items)
+    assert batch["images"].shape[0] == 1 and batch["num_bad"] == 1 and batch["bad_files"] == [str(cut)]
+    lines = [m for m in _messages(caplog) if str(cut) in m]
+    assert len(lines) == 1 and lines[0].startswith(f"skipped unreadable video {cut}: truncated or damaged")
+
+    # The decoding functions give what can be read, and say once that the file is truncated.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="maskfeat"):
+        clip = decode_clip(cut, 4, 2, start=0)
+        decode_frames(cut, [1, 3])
+    assert np.array_equal(clip.numpy(), _reference_frames(whole)[[0, 2, 4, 6]])
+    lines = [m for m in _messages(caplog) if str(cut) in m]
+    assert len(lines) == 1 and "truncated or damaged" in lines[0]
+
+
+def test_damaged_data_behind_an_intact_index_is_a_bad_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    whole = _encode(tmp_path / "whole.mp4", "libx264", 81, (98, 66), 24, options={"preset": "ultrafast"},
+                    container_options={"movflags": "faststart"})  # fmt: skip
+    data = bytearray(whole.read_bytes())
+    data[len(data) // 5 : len(data) * 4 // 5] = bytes(len(data) * 4 // 5 - len(data) // 5)  # zeros: packets intact
+    broken = tmp_path / "zeroed.mp4"
+    broken.write_bytes(bytes(data))
+    info = probe_video(broken)
+    assert info.num_frames == info.declared_frames == 81 and video.damaged(info) is None  # the index is whole
+    dataset = VideoDataset(tmp_path, files=[str(broken)], num_frames=4, stride=2, mode="eval",
+                           transform=VideoEvalTransform(32))  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="maskfeat"):
+        item = dataset[0]  # the centred clip, frames 37..43: past what the decoder gives
+    assert item == {"unreadable": str(broken)}
+    lines = [m for m in _messages(caplog) if str(broken) in m]
+    assert len(lines) == 1 and "damaged: " in lines[0] and "of its 81 frames can be decoded" in lines[0]
+    with av.open(str(broken)) as container:  # every frame the decoder gives, skipping the packets it rejects
+        frames = 0
+        for packet in container.demux(video=0):
+            try:
+                frames += len(packet.decode())
+            except av.error.InvalidDataError:
+                pass
+    assert frames < 0.9 * 81 and f"damaged: {frames} of its 81 frames can be decoded" in lines[0]
 
 
 @needs_videos

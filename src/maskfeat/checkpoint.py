@@ -6,7 +6,8 @@ import json
 import os
 import pickle
 import random
-import tempfile
+import secrets
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,9 @@ def atomic_write(path: str, write_fn) -> None:
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    tmp = os.path.join(folder, f".tmp-{secrets.token_hex(6)}-{os.path.basename(path)}")
+    # mode 0o666 less the umask, as open() gives any other file (mkstemp would make it private: 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -73,6 +76,11 @@ def load_checkpoint(path: str, allow_pickle: bool = False) -> dict[str, Any]:
     A checkpoint holding other pickled Python objects is refused unless ``allow_pickle`` (unpickling can run
     arbitrary code: only for files you trust).
     """
+    if os.path.isfile(path) and not _written_by_torch_save(path):
+        raise ValueError(
+            f"cannot read checkpoint {path}: it is not a file written by torch.save (expected a checkpoint-*.pt, "
+            "or an encoder.safetensors)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -81,11 +89,18 @@ def load_checkpoint(path: str, allow_pickle: bool = False) -> dict[str, Any]:
         if not allow_pickle:
             raise ValueError(
                 f"{path} holds pickled Python objects, and unpickling can run code: if you trust the file, "
-                "pass model.allow_pickle=true"
+                "pass model.allow_pickle=true (maskfeat export: --allow-pickle)"
             ) from None
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise ValueError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+
+
+def _written_by_torch_save(path: str) -> bool:
+    """A zip archive (torch.save since PyTorch 1.6), or the legacy format: a pickle (protocol 2) of its magic number."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return zipfile.is_zipfile(path) or head == b"\x80\x02\x8a\x0a"
 
 
 def _first_line(e: BaseException) -> str:
@@ -98,13 +113,57 @@ def encoder_state_dict(model_state: dict[str, torch.Tensor], prefix: str = "enco
     return {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
 
 
-def write_encoder(out_dir: str, state: dict[str, torch.Tensor], architecture: str, model_args: dict) -> None:
-    """Write ``encoder.safetensors`` and ``encoder.json`` (timm's ``{"architecture", "model_args"}``)."""
+def make_pretrained_cfg(config: Any, num_classes: int = 0, label_names: list[str] | None = None) -> dict[str, Any]:
+    """How the encoder was trained to be used, in timm's ``pretrained_cfg`` keys, from a run's config (a
+    ``DictConfig`` or the plain dict a checkpoint saves).
+
+    Images: ``input_size`` ``[3, H, W]``, ImageNet ``mean``/``std`` (every maskfeat transform normalises with
+    them), ``interpolation`` bicubic and ``crop_pct`` = ``data.crop_pct`` (evaluation resizes the short side to
+    ``H / crop_pct``, then crops the centre), so that ``timm.data.resolve_data_config({}, model=model)`` of a
+    model built with ``timm.create_model(..., pretrained_cfg_overlay=pretrained_cfg)`` gives maskfeat's own
+    evaluation transform. Video encoders (not timm models) add ``num_frames`` and ``frame_stride`` (clips of
+    ``num_frames`` frames, every ``frame_stride``-th); their frames are resized bilinearly, short side to ``H``,
+    and centre-cropped, hence ``crop_pct`` 1. ``num_classes`` (0: no classifier) and, for a classifier,
+    ``label_names`` (its class folder names, in output order) describe the head.
+    """
+    from maskfeat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
+
+    data = config["data"]
+    size = int(data["image_size"])
+    cfg: dict[str, Any] = {"input_size": [3, size, size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    if config["model"]["name"] in VIDEO_ARCHITECTURES:
+        cfg.update(interpolation="bilinear", crop_pct=1.0, num_frames=int(data["num_frames"]),
+                   frame_stride=int(data["frame_stride"]))  # fmt: skip
+    else:
+        cfg.update(interpolation="bicubic", crop_pct=float(data["crop_pct"]))
+    cfg["num_classes"] = int(num_classes)
+    if label_names:
+        cfg["label_names"] = [str(n) for n in label_names]
+    return cfg
+
+
+def write_encoder(
+    out_dir: str,
+    state: dict[str, torch.Tensor],
+    architecture: str,
+    model_args: dict,
+    pretrained_cfg: dict | None = None,
+) -> None:
+    """Write ``encoder.safetensors`` and ``encoder.json``: timm's ``{"architecture", "model_args"}``, plus
+    ``pretrained_cfg`` (see :func:`make_pretrained_cfg`) when given.
+
+    Image ViTs: ``timm.create_model(architecture, pretrained=False, pretrained_cfg_overlay=pretrained_cfg,
+    **{"num_classes": 0, **model_args})`` rebuilds the encoder and loads the weights strictly.
+    """
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write(os.path.join(out_dir, "encoder.safetensors"), lambda f: f.write(_safetensors_bytes(tensors)))
-    meta = json.dumps({"architecture": architecture, "model_args": model_args}, indent=2) + "\n"
-    atomic_write(os.path.join(out_dir, "encoder.json"), lambda f: f.write(meta.encode()))
+    meta = {"architecture": architecture, "model_args": model_args}
+    if pretrained_cfg is not None:
+        meta["pretrained_cfg"] = pretrained_cfg
+    text = json.dumps(meta, indent=2) + "\n"
+    atomic_write(os.path.join(out_dir, "encoder.json"), lambda f: f.write(text.encode()))
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -123,12 +182,31 @@ def read_encoder(path: str, allow_pickle: bool = False) -> tuple[dict[str, torch
     ckpt = load_checkpoint(path, allow_pickle)
     if "model" not in ckpt or "encoder" not in ckpt:
         raise ValueError(f"{path} is not a maskfeat checkpoint (no 'model'/'encoder' entries)")
-    return encoder_state_dict(ckpt["model"], ckpt.get("encoder_prefix", "encoder.")), ckpt["encoder"]
+    return encoder_state_dict(ckpt["model"], ckpt.get("encoder_prefix", "encoder.")), _complete_meta(ckpt)
 
 
-def export(checkpoint: str, out_dir: str) -> None:
+def _complete_meta(ckpt: dict[str, Any]) -> dict:
+    """The checkpoint's ``encoder`` entry, completed as runs write it today for checkpoints of older versions:
+    ``pretrained_cfg`` from the run's saved config, and image ViT pre-training encoders pooled as maskfeat
+    probes them (``global_pool="avg"`` over the final-norm patch tokens, ``fc_norm=False``: same weights)."""
+    meta = dict(ckpt["encoder"])
+    args = dict(meta.get("model_args", {}))
+    config = ckpt.get("config")
+    if "pretrained_cfg" not in meta and isinstance(config, dict):
+        try:
+            meta["pretrained_cfg"] = make_pretrained_cfg(config, args.get("num_classes", 0), ckpt.get("classes"))
+        except (KeyError, TypeError, ValueError):  # a config without these keys: leave timm's defaults
+            pass
+    from maskfeat.models.vit import ARCHITECTURES
+
+    if meta.get("architecture") in ARCHITECTURES and "global_pool" not in args and "num_classes" not in args:
+        meta["model_args"] = {**args, "global_pool": "avg", "fc_norm": False}
+    return meta
+
+
+def export(checkpoint: str, out_dir: str, allow_pickle: bool = False) -> None:
     """``maskfeat export``: encoder weights of any checkpoint of ours as safetensors + encoder.json."""
-    state, meta = read_encoder(checkpoint)
+    state, meta = read_encoder(checkpoint, allow_pickle)
     if meta is None:
         raise ValueError(f"{checkpoint} has no encoder.json beside it: cannot name its architecture")
-    write_encoder(out_dir, state, meta["architecture"], meta["model_args"])
+    write_encoder(out_dir, state, meta["architecture"], meta["model_args"], meta.get("pretrained_cfg"))

@@ -9,6 +9,7 @@
 
 Errors print one line (``maskfeat: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
 A run stopped by SIGTERM / SIGUSR1 saves a checkpoint and exits with status 75 (EX_TEMPFAIL): rerun to resume.
+Ctrl-C does the same (exit status 130); a second Ctrl-C stops at once, losing the work since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ COMMANDS = {
 }
 
 EPILOG = """overrides are dotted keys into the config, e.g. train.epochs=1 data.path=/data/train output_dir=runs/x.
-Run 'maskfeat {cmd} --keys' to list every key with its default."""
+Run 'maskfeat {cmd} --keys' to list every key with its value and what it does."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("-c", "--config", metavar="CONFIG.yaml", help="YAML file of overrides to the defaults")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-        p.add_argument("--keys", action="store_true", help="print every config key with its value and exit")
+        p.add_argument(
+            "--keys",
+            action="store_true",
+            help="print every config key with its value and description (a YAML config file) and exit",
+        )
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     p = sub.add_parser(
         "export",
@@ -60,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-*.pt or encoder.safetensors")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into")
+    p.add_argument(
+        "--allow-pickle", action="store_true", help="read a checkpoint holding pickled objects (trusted files only)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -77,15 +85,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         from maskfeat.checkpoint import export
 
-        export(args.checkpoint, args.out_dir)
+        export(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle)
         print(f"wrote {args.out_dir}/encoder.safetensors and {args.out_dir}/encoder.json")
         return 0
 
     from maskfeat.config import load_config, to_yaml
 
-    cfg = load_config(args.command, args.config, args.overrides)
-    if args.keys:
-        print(to_yaml(cfg), end="")
+    cfg = load_config(args.command, args.config, args.overrides, check_paths=not args.keys)
+    if args.keys:  # valid YAML: save it and pass it back with -c
+        print(f"# maskfeat {args.command}: every config key, its value and what it does")
+        print(to_yaml(cfg, descriptions=True), end="")
         return 0
     if args.command == "pretrain":
         from maskfeat.pretrain import run_pretrain
@@ -102,16 +111,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    """One line on stderr in a single write: under torchrun every rank may say it at once, and lines written in
+    one piece (under the pipe's 4 KiB) do not interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
     except KeyboardInterrupt:
-        print("maskfeat: interrupted", file=sys.stderr)
+        _say("maskfeat: interrupted")
         return 130
     except Preempted as e:
-        print(f"maskfeat: {e}", file=sys.stderr)
-        return PREEMPTED_EXIT
+        from maskfeat.runner import Interrupted  # loaded already: the training loop raised it
+
+        _say(f"maskfeat: {e}")
+        return 130 if isinstance(e, Interrupted) else PREEMPTED_EXIT
     except Exception as e:  # one line for the user; the traceback with --debug
         if getattr(args, "debug", False):
             raise
@@ -121,5 +139,5 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not expected:
             message = f"{type(e).__name__}: {message} (run with --debug for the traceback)"
-        print(f"maskfeat: error: {message}", file=sys.stderr)
+        _say(f"maskfeat: error: {message}")
         return 2

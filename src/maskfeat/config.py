@@ -7,11 +7,21 @@ Unknown keys and bad values raise :class:`ConfigError` with a one-line message t
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import difflib
+import functools
+import inspect
+import io
 import os
+import sys
+import textwrap
+import tokenize
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -22,13 +32,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # image folder (class sub-folders or flat); None = the embedded sample images
+    path: str | None = None  # image folder (class sub-folders or flat); null = the embedded sample images
     val_path: str | None = None  # labeled folder for evaluation (finetune / linprobe / evaluate)
     image_size: int = 224  # side of the square training crop, pixels
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # RandomResizedCrop area range
     hflip: float = 0.5  # horizontal flip probability
     num_workers: int = -1  # data-loader worker processes; -1 = min(8, CPU cores)
-    max_bad_fraction: float = 0.05  # stop when more than this fraction of samples could not be decoded
+    max_bad_fraction: float = 0.05  # stop once more than this fraction of the data set's files cannot be decoded
+    # (each file counted once, over all processes)
     sample_images: int = 512  # size of the embedded sample data set (used when data.path is null)
     label_fraction: float = 1.0  # finetune / linprobe: train on this class-balanced fraction of the labels
     auto_augment: str | None = None  # timm RandAugment spec for finetune, e.g. rand-m9-mstd0.5-inc1
@@ -48,10 +59,10 @@ class DataConfig:
 class ModelConfig:
     name: str = "vit_base_patch16_224"  # image: timm ViT (vit_{tiny,small,base,large}_patch16_224, ...);
     # video: vit_s / vit_b / vit_l (2x16x16 tubelets) or mvit_v2_s / mvit_v2_b / mvit_v2_l
-    patch_size: int | None = None  # None = the architecture's own
-    embed_dim: int | None = None  # None = the architecture's own
-    depth: int | None = None  # None = the architecture's own
-    num_heads: int | None = None  # None = the architecture's own
+    patch_size: int | None = None  # patch side, pixels (images); null = the architecture's own
+    embed_dim: int | None = None  # token width; null = the architecture's own
+    depth: int | None = None  # number of transformer blocks; null = the architecture's own
+    num_heads: int | None = None  # attention heads per block; null = the architecture's own
     drop_path: float = 0.0  # stochastic depth rate (0 for pre-training, as the official recipe)
     checkpoint: str | None = None  # weights to start from: checkpoint-*.pt or encoder.safetensors
     allow_pickle: bool = False  # load model.checkpoint even if it holds pickled objects (runs code: trusted files only)
@@ -61,7 +72,7 @@ class ModelConfig:
 
 @dataclass
 class TargetConfig:
-    name: str = "hog"  # hog | pixel
+    name: str = "hog"  # what the masked tokens predict: hog (the paper's HOG histograms) | pixel (as MAE)
     nbins: int = 9  # HOG orientation bins (unsigned, 0..pi)
     cell_size: int = 8  # HOG cell side, pixels
     gaussian_window: int = 0  # HOG Gaussian spatial window; 0 = off (official)
@@ -81,9 +92,9 @@ class MaskConfig:
 class TrainConfig:
     epochs: int = 300  # passes over the data set
     warmup_epochs: float = 30.0  # linear warm-up length, in epochs
-    batch_size: int = 64  # images per process per forward pass
+    batch_size: int = 64  # samples (images, or clips) per process per forward pass
     accum_steps: int = 1  # gradient accumulation: optimizer step every N batches
-    lr: float | None = None  # peak learning rate; None = blr * total_batch / 256
+    lr: float | None = None  # peak learning rate; null = blr * total_batch / 256
     blr: float = 2e-4  # base learning rate for a total batch of 256
     min_lr: float = 1e-6  # learning rate at the end of the cosine schedule
     warmup_lr: float = 1e-6  # learning rate at the start of the warm-up
@@ -92,7 +103,7 @@ class TrainConfig:
     layer_decay: float | None = None  # layer-wise lr decay (finetune: 0.65 ViT-B, 0.75 ViT-L); null = off
     mixup: float = 0.0  # Mixup alpha (finetune 0.8); 0 = off
     cutmix: float = 0.0  # CutMix alpha (finetune 1.0); 0 = off
-    label_smoothing: float = 0.0  # (finetune 0.1)
+    label_smoothing: float = 0.0  # label smoothing of the classification targets (finetune 0.1); 0 = off
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     clip_grad: float | None = 0.02  # max global gradient L2 norm; null = no clipping
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
@@ -103,6 +114,8 @@ class TrainConfig:
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 1  # numbered step checkpoints kept besides checkpoint-last.pt
     max_steps: int = 0  # stop after this many optimizer steps (0 = the full schedule); for smoke tests
+    resume: str = "auto"  # auto: continue the run in output_dir if its settings are these, else stop naming the keys
+    # that differ | force: continue it even with other settings
 
 
 @dataclass
@@ -146,6 +159,14 @@ COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "visualize": {"output_dir": "runs/visualize", "data": {"num_workers": 0}},
 }
 
+# The data folders each command reads (the others may be set in a shared YAML file and are not checked).
+PATHS_READ = {
+    "pretrain": ("path",),
+    "visualize": ("path",),
+    "finetune": ("path", "val_path"),
+    "linprobe": ("path", "val_path"),
+    "evaluate": ("val_path",),
+}
 STRATEGIES = ("ddp", "fsdp")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 OPTIMIZERS = ("adamw", "lars", "sgd")
@@ -212,8 +233,10 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def load_config(command: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:
-    """Build the resolved, validated config of ``command`` from defaults, an optional YAML file and overrides."""
+def load_config(command: str, config_file: str | None = None, overrides: list[str] | None = None,
+                check_paths: bool = True) -> DictConfig:  # fmt: skip
+    """Build the resolved, validated config of ``command`` from defaults, an optional YAML file and overrides.
+    ``check_paths=False`` skips the checks that the data and checkpoint files exist (for printing the config)."""
     cfg = OmegaConf.structured(Config)
     layers: list[tuple[str, dict]] = [("defaults", COMMAND_DEFAULTS.get(command, {}))]
     if config_file:
@@ -236,7 +259,12 @@ def load_config(command: str, config_file: str | None = None, overrides: list[st
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None) or "?"
             raise ConfigError(f"{source}: invalid value for '{key}': {_first_line(e)}") from None
-    validate(cfg, command)
+    if config_file and not any("output_dir" in layer for _, layer in layers[1:]):
+        # one folder per config file by default, so that two configs never share (and resume) one run folder
+        cfg.output_dir = os.path.join(cfg.output_dir, os.path.splitext(os.path.basename(config_file))[0])
+    if cfg.train.amp == "False":  # YAML reads a bare `off` as the boolean false (then stored as the string "False")
+        cfg.train.amp = "off"
+    validate(cfg, command, check_paths)
     return cfg
 
 
@@ -245,8 +273,9 @@ def _require(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: DictConfig, command: str) -> None:
-    """Check ranges and compatible sizes before any work starts."""
+def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
+    """Check ranges and compatible sizes before any work starts; with ``check_paths``, also that the files the
+    command reads exist (``--keys`` only prints the config, so it checks none)."""
     d, m, t, tr = cfg.data, cfg.model, cfg.target, cfg.train
     _require(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
     _require(
@@ -255,9 +284,10 @@ def validate(cfg: DictConfig, command: str) -> None:
     )
     _require(0 <= d.hflip <= 1, f"data.hflip must be a probability in [0, 1], got {d.hflip}")
     _require(0 <= d.max_bad_fraction <= 1, f"data.max_bad_fraction must be in [0, 1], got {d.max_bad_fraction}")
-    for key in ("path", "val_path"):
-        p = d[key]
-        _require(p is None or os.path.exists(p), f"data.{key} does not exist: {p}")
+    if check_paths:  # only the paths this command reads (evaluate reads no training data)
+        for key in PATHS_READ.get(command, ("path", "val_path")):
+            p = d[key]
+            _require(p is None or os.path.exists(p), f"data.{key} does not exist: {p}")
     from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
     from maskfeat.models.vit import encoder_patch_size, known_architectures
 
@@ -291,7 +321,8 @@ def validate(cfg: DictConfig, command: str) -> None:
         f"data.image_size={d.image_size} is not divisible by the patch size {patch} (model.patch_size)",
     )
     _require(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
-    _require(m.checkpoint is None or os.path.isfile(m.checkpoint), f"model.checkpoint not found: {m.checkpoint}")
+    _require(not check_paths or m.checkpoint is None or os.path.isfile(m.checkpoint),
+             f"model.checkpoint not found: {m.checkpoint}")  # fmt: skip
     _require(t.name in TARGETS, f"target.name must be one of {', '.join(TARGETS)}, got '{t.name}'")
     if t.name == "hog" and command in ("pretrain", "visualize"):  # the target only matters where it is predicted
         _require(t.cell_size > 0 and t.nbins > 0, "target.cell_size and target.nbins must be positive")
@@ -341,6 +372,7 @@ def validate(cfg: DictConfig, command: str) -> None:
         "train.strategy=fsdp trains with train.amp=bf16 or off (fp16 would need a sharded gradient scaler)",
     )
     _require(tr.log_every > 0, f"train.log_every must be positive, got {tr.log_every}")
+    _require(tr.resume in ("auto", "force"), f"train.resume must be auto or force, got '{tr.resume}'")
     _require(
         tr.checkpoint_every >= 0 and tr.max_steps >= 0 and tr.keep_checkpoints >= 0,
         "train.checkpoint_every, train.max_steps and train.keep_checkpoints must be >= 0",
@@ -352,5 +384,76 @@ def validate(cfg: DictConfig, command: str) -> None:
     )
 
 
-def to_yaml(cfg: DictConfig | ListConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
+@functools.cache
+def field_descriptions() -> dict[str, str]:
+    """``{dotted key: description}`` for every leaf key of :class:`Config`: the comment after each dataclass field
+    in this module, with the comment-only lines right below that continue it, read from the source at run time
+    (one place for the documentation: the code). Empty when the source is not available."""
+    try:
+        source = inspect.getsource(sys.modules[__name__])
+    except (OSError, TypeError):
+        return {}
+    lines = source.splitlines()
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
+    per_class: dict[str, dict[str, str]] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        fields = per_class.setdefault(node.name, {})
+        for stmt in node.body:
+            if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
+                continue
+            line = stmt.end_lineno
+            parts = [comments[line]] if line in comments else []
+            while line < len(lines) and lines[line].lstrip().startswith("#"):  # continuation lines (1-based: +1)
+                line += 1
+                parts.append(comments[line])
+            fields[stmt.target.id] = " ".join(parts)
+
+    out: dict[str, str] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                out[prefix + f.name] = per_class.get(cls.__name__, {}).get(f.name, "")
+
+    walk(Config, "")
+    return out
+
+
+def to_yaml(cfg: DictConfig | ListConfig, descriptions: bool = False) -> str:
+    """The config as YAML; with ``descriptions``, each key followed by its description as a ``# ...`` comment
+    (still valid YAML: saved to a file, it loads back as the same config)."""
+    if not descriptions:
+        return OmegaConf.to_yaml(cfg)
+    about = field_descriptions()
+    out: list[str] = []
+
+    def entry(k: str, v: Any) -> str:  # one line: lists in flow style, [0.5, 1.0]
+        if isinstance(v, list):
+            return f"{k}: " + yaml.safe_dump(v, default_flow_style=True, width=1 << 30).strip()
+        return yaml.safe_dump({k: v}, default_flow_style=False, width=1 << 30).strip()
+
+    def emit(node: dict, prefix: str, indent: str) -> None:
+        texts = {k: entry(k, v) for k, v in node.items() if not isinstance(v, dict)}
+        column = len(indent) + min(max((len(t) for t in texts.values()), default=0), 40) + 2
+        for k, v in node.items():
+            if isinstance(v, dict):
+                out.append(f"{indent}{k}:")
+                emit(v, f"{prefix}{k}.", indent + "  ")
+                continue
+            text = about.get(prefix + k, "")
+            if not text:
+                out.append(indent + texts[k])
+                continue
+            head = f"{indent}{texts[k]}  ".ljust(column)
+            # wrapped to 120 columns, the continuation lines as comments under the first one
+            for i, part in enumerate(textwrap.wrap(text, max(40, 118 - len(head)))):
+                out.append((head if i == 0 else " " * len(head)) + "# " + part)
+
+    emit(OmegaConf.to_container(cfg, resolve=True), "", "")
+    return "\n".join(out) + "\n"

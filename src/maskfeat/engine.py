@@ -51,6 +51,7 @@ class LoopStats:
     bad_files: list = field(default_factory=list)  # their paths
     seen_images: int = 0  # samples that reached the model so far
     pending: list = field(default_factory=list)  # (step, loss tensor) not yet read back from the device
+    pending_extras: list = field(default_factory=list)  # per step: {name: tensor} from loss_fn, not yet read back
     images_since_log: int = 0
     time_since_log: float = field(default_factory=time.perf_counter)
 
@@ -77,15 +78,16 @@ def train_one_epoch(
     epoch: int,
     step: int,
     stats: LoopStats,
-    loss_fn: Callable[[nn.Module, dict], torch.Tensor],
+    loss_fn: Callable[[nn.Module, dict], torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]],
     on_log: Callable[[dict], None],
     on_checkpoint: Callable[[int], None],
 ) -> int:
     """Train over ``loader`` until the epoch's last optimizer step. ``step`` is the number of optimizer steps done
     before; returns the new count. ``loss_fn(model, batch)`` returns the loss of a collated batch whose tensors
-    (``images``, ``labels``, ``masks``) are already on the device.
+    (``images``, ``labels``, ``masks``) are already on the device, or ``(loss, extras)`` with ``extras`` a dict of
+    scalar tensors (no gradient) that are averaged like the loss and added to the logged rows by name.
 
-    ``on_log(row)`` receives ``{step, epoch, loss, lr, images_per_s, bad_images, grad_norm}`` every
+    ``on_log(row)`` receives ``{step, epoch, loss, lr, images_per_s, bad_images, grad_norm, *extras}`` every
     ``log_every`` steps; ``on_checkpoint(step)`` is called when a checkpoint is due (losses checked first).
     """
     model.train()
@@ -94,6 +96,7 @@ def train_one_epoch(
         end_step = min(end_step, opts.max_steps)
     micro = (step % opts.steps_per_epoch) * opts.accum_steps  # batches of this epoch consumed before
     step_loss = torch.zeros((), device=opts.device)
+    step_extras: dict[str, torch.Tensor] = {}
     grad_norm = None
     for batch in loader:
         if step >= end_step:
@@ -111,8 +114,11 @@ def train_one_epoch(
                     opts.device.type, dtype=opts.amp_dtype or torch.float32, enabled=opts.amp_dtype is not None
                 ):
                     loss = loss_fn(model, batch)
+                loss, extras = loss if isinstance(loss, tuple) else (loss, {})
                 scaler.scale(loss / opts.accum_steps).backward()
             step_loss += loss.detach() / opts.accum_steps
+            for k, v in extras.items():
+                step_extras[k] = step_extras.get(k, 0.0) + v.detach().float() / opts.accum_steps
             stats.seen_images += len(batch["images"])
             stats.images_since_log += len(batch["images"])
         if not last_micro:
@@ -125,7 +131,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         step += 1
         stats.pending.append((step, step_loss))
-        step_loss = torch.zeros((), device=opts.device)
+        stats.pending_extras.append(step_extras)
+        step_loss, step_extras = torch.zeros((), device=opts.device), {}
 
         preempted = opts.stop_requested is not None and opts.stop_requested(step)
         checkpoint_due = preempted or step == end_step or (opts.checkpoint_every and step % opts.checkpoint_every == 0)
@@ -136,10 +143,15 @@ def train_one_epoch(
                 "step": step,
                 "epoch": epoch,
                 "loss": loss_mean,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": max(g["lr"] for g in optimizer.param_groups),  # the peak (layer decay scales the others down)
+                # samples per second: images, or clips for a video model (one key for both, as older runs have it)
                 "images_per_s": stats.images_since_log / max(now - stats.time_since_log, 1e-9),
                 "bad_images": stats.bad_images,
             }
+            for k in dict.fromkeys(k for e in stats.pending_extras for k in e):  # averaged over the steps, as the loss
+                values = [e[k] for e in stats.pending_extras if k in e]
+                row[k] = float(torch.stack(values).mean())
+            stats.pending_extras.clear()
             if grad_norm is not None:  # FSDP: a DTensor, the same on every rank
                 row["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             on_log(row)

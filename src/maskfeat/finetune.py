@@ -7,8 +7,8 @@
   (after the pre-trained final norm) trains with LARS (MAE's probe).
 - evaluate: top-1 / top-5 of a finetune or linprobe checkpoint on ``data.val_path`` (resize + centre crop).
 
-Each evaluates on ``data.val_path`` after every epoch, writes ``top1``/``top5`` to metrics.jsonl and keeps
-``checkpoint-best.pt``.
+With ``data.val_path`` set, each evaluates on it after every epoch, writes ``top1``/``top5`` to metrics.jsonl
+and keeps ``checkpoint-best.pt``.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.pretrain import is_video, steps_per_epoch, video_model_args
 from maskfeat.runner import Job, amp_dtype, fit, make_loader, setup_run, shard_model, wrap_for_training
+from maskfeat.tracking import count_str
 
 log = logging.getLogger("maskfeat")
 
@@ -193,7 +194,8 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     videos_per_batch = tr.batch_size // d.repeated_aug  # repeated augmentation: each video gives repeated_aug clips
     loader, sampler = make_loader(dataset, MaskCollator(None, (1, 1), 0.5), videos_per_batch, d.num_workers,
                                   cfg.seed, device, train=True, rank=rank, world_size=world_size)  # fmt: skip
-    spe = steps_per_epoch(len(dataset), train_folder, videos_per_batch, tr.accum_steps, world_size)
+    spe = steps_per_epoch(len(dataset), train_folder, videos_per_batch, tr.accum_steps, world_size,
+                          "videos" if is_video(cfg) else "images")  # fmt: skip
     total_steps = tr.epochs * spe
     total_batch = tr.batch_size * tr.accum_steps * world_size
     cfg.train.lr = scaled_lr(tr.lr, tr.blr, total_batch)
@@ -207,7 +209,8 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
             args["global_pool"] = "avg"  # average of the patch tokens, then fc_norm (the MaskFeat/MAE recipe)
         else:
             args.update(global_pool="avg", fc_norm=False)  # keep the pre-trained final norm, then average
-    meta = {"architecture": m.name, "model_args": {**args, "num_classes": num_classes}}
+    meta = {"architecture": m.name, "model_args": {**args, "num_classes": num_classes},
+            "pretrained_cfg": ckpt_io.make_pretrained_cfg(cfg, num_classes, dataset.classes)}  # fmt: skip
     model = build_classifier(meta, kind, drop_path=m.drop_path if kind == "finetune" else 0.0)
     if m.grad_checkpointing and kind == "finetune":
         model.set_grad_checkpointing(True)
@@ -258,11 +261,12 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     def finish(state: dict) -> None:
         if kind == "finetune":  # image: a plain timm classifier, loads with timm.create_model(**model_args)
             ckpt_io.write_encoder(out, state, **meta)
-        weights = ", encoder.safetensors + encoder.json (with its head" + ("" if video else ", timm") + ")"
-        log.info(
-            f"done. Outputs in {out}: config.yaml, metrics.jsonl, {ckpt_io.LAST}, checkpoint-best.pt"
-            + (weights if kind == "finetune" else "")
-        )
+        # only what this run wrote: no checkpoint-best.pt without data.val_path
+        names = [n for n in ("config.yaml", "metrics.jsonl", ckpt_io.LAST, "checkpoint-best.pt")
+                 if os.path.isfile(os.path.join(out, n))]  # fmt: skip
+        if kind == "finetune":
+            names.append("encoder.safetensors + encoder.json (with its head" + ("" if video else ", timm") + ")")
+        log.info(f"done. Outputs in {out}: {', '.join(names)}")
 
     job = Job(
         model=model, loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, loader=loader, sampler=sampler,
@@ -273,7 +277,7 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     )  # fmt: skip
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     summary = (
-        f"{kind} {m.name} ({n_train / 1e6:.2f}M trainable params, {num_classes} classes) on {len(dataset)} "
+        f"{kind} {m.name} ({count_str(n_train)} trainable params, {num_classes} classes) on {len(dataset)} "
         f"{'videos' if video else 'images'} "
         f"from {train_folder}; {world_size} process(es) on {device}, batch {total_batch}, lr {cfg.train.lr:.3g}"
     )
@@ -317,9 +321,33 @@ def run_evaluate(cfg: DictConfig) -> dict:
             f"data.val_path has {len(loader.dataset.classes)} classes but the model predicts {num_classes}"
         )
     metrics = evaluate(model, loader, device, amp_dtype(cfg.train.amp, device))
-    os.makedirs(cfg.output_dir, exist_ok=True)
-    ckpt_io.atomic_write(os.path.join(cfg.output_dir, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
-    with open(os.path.join(cfg.output_dir, "metrics.jsonl"), "a") as f:
+    out = evaluation_folder(cfg.output_dir)
+    cfg.output_dir = out
+    os.makedirs(out, exist_ok=True)
+    ckpt_io.atomic_write(os.path.join(out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"step": 0, "epoch": 0, "checkpoint": path, **metrics}) + "\n")
     log.info(f"{path} on {cfg.data.val_path}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    log.info(f"written to {out}: config.yaml, metrics.jsonl")
     return metrics
+
+
+RUN_RECORD = ("config.yaml", "metrics.jsonl", ckpt_io.LAST)
+
+
+def evaluation_folder(output_dir: str) -> str:
+    """Where an evaluation writes its record: ``output_dir`` when it holds no run's record yet, else the first
+    free ``output_dir/eval-N`` (so an evaluation never rewrites the record of the run it evaluates, nor of an
+    earlier evaluation)."""
+
+    def holds_record(folder: str) -> bool:
+        return any(os.path.exists(os.path.join(folder, name)) for name in RUN_RECORD)
+
+    if not holds_record(output_dir):
+        return output_dir
+    n = 1
+    while holds_record(os.path.join(output_dir, f"eval-{n}")):
+        n += 1
+    out = os.path.join(output_dir, f"eval-{n}")
+    log.info(f"{output_dir} holds another run's record: this evaluation goes to {out}")
+    return out

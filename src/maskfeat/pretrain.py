@@ -19,11 +19,13 @@ from maskfeat.data.video import VideoDataset
 from maskfeat.data.video_transforms import VideoTrainTransform
 from maskfeat.masking import MaskCollator
 from maskfeat.models import MaskFeat, create_encoder, encoder_model_args, encoder_patch_size
+from maskfeat.models.maskfeat import mean_target_mse
 from maskfeat.models.video_maskfeat import VideoMaskFeat
 from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder, video_encoder_args
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.runner import Job, amp_dtype, data_folder, fit, make_loader, setup_run, shard_model, wrap_for_training
 from maskfeat.targets import build_target
+from maskfeat.tracking import count_str
 
 log = logging.getLogger("maskfeat")
 
@@ -52,7 +54,10 @@ def build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
                               norm_pix=t.norm_pix)  # fmt: skip
         model = VideoMaskFeat(encoder, target)
     else:
-        args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads)
+        # Pooled as maskfeat probes it: the average of the final-norm patch tokens. fc_norm=False keeps the final
+        # norm where it is (same weights, same state_dict keys as timm's default token pooling).
+        args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads,
+                                  global_pool="avg", fc_norm=False)  # fmt: skip
         encoder = create_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
         patch = encoder_patch_size(m.name, m.patch_size)
         target = build_target(t.name, patch, in_chans=3, nbins=t.nbins, cell_size=t.cell_size,
@@ -98,16 +103,23 @@ def pretrain_dataset(cfg: DictConfig, folder: str):
     return ImageDataset(folder, pretrain_transform(d.image_size, scale=tuple(d.crop_scale), hflip=d.hflip))
 
 
-def masked_feature_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    """The MaskFeat loss of a collated batch: masked MSE between predicted and target features."""
-    return model(batch["images"], batch["masks"])[0]
+def masked_feature_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The MaskFeat loss of a collated batch: masked MSE between predicted and target features.
+
+    Returns ``(loss, {"baseline": b})``: ``b`` (no gradient) is the masked MSE of predicting the mean target of
+    the batch's masked tokens for every one of them, the loss of a model that learned nothing from the context.
+    """
+    masks = batch["masks"]
+    loss, _, target = model(batch["images"], masks)
+    return loss, {"baseline": mean_target_mse(target, masks.reshape(masks.shape[0], -1))}
 
 
-def steps_per_epoch(num_items: int, source: str, batch_size: int, accum_steps: int, world_size: int) -> int:
+def steps_per_epoch(num_items: int, source: str, batch_size: int, accum_steps: int, world_size: int,
+                    noun: str = "images") -> int:  # fmt: skip
     steps = num_items // world_size // batch_size // accum_steps
     if steps == 0:
         raise ConfigError(
-            f"{num_items} images in {source} are fewer than one optimizer step needs (train.batch_size="
+            f"{num_items} {noun} in {source} are fewer than one optimizer step needs (train.batch_size="
             f"{batch_size} x train.accum_steps={accum_steps} x {world_size} processes)"
         )
     return steps
@@ -121,10 +133,12 @@ def run_pretrain(cfg: DictConfig) -> dict:
     dataset = pretrain_dataset(cfg, folder)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, encoder_meta = build_model(cfg)
+    encoder_meta["pretrained_cfg"] = ckpt_io.make_pretrained_cfg(cfg)  # the preprocessing, for timm
     grid = token_grid(cfg, model)
     loader, sampler = make_loader(dataset, mask_collate(cfg, grid), tr.batch_size, cfg.data.num_workers, cfg.seed,
                                   device, train=True, rank=rank, world_size=world_size)  # fmt: skip
-    spe = steps_per_epoch(len(dataset), folder, tr.batch_size, tr.accum_steps, world_size)
+    spe = steps_per_epoch(len(dataset), folder, tr.batch_size, tr.accum_steps, world_size,
+                          "videos" if is_video(cfg) else "images")  # fmt: skip
     total_steps = tr.epochs * spe
     total_batch = tr.batch_size * tr.accum_steps * world_size
     cfg.train.lr = scaled_lr(tr.lr, tr.blr, total_batch)
@@ -154,7 +168,7 @@ def run_pretrain(cfg: DictConfig) -> dict:
               sharded=sharded)  # fmt: skip
     n_params = sum(p.numel() for p in model.encoder.parameters())
     summary = (
-        f"pretrain {cfg.model.name} ({n_params / 1e6:.1f}M params, {'x'.join(map(str, grid))} tokens, "
+        f"pretrain {cfg.model.name} ({count_str(n_params)} params, {'x'.join(map(str, grid))} tokens, "
         f"target {cfg.target.name} {model.target.dim}-d) on {len(dataset)} {'videos' if is_video(cfg) else 'images'}"
         f" from {folder}; "
         f"{world_size} process(es) on {device}, batch {total_batch}, lr {cfg.train.lr:.3g}"

@@ -7,6 +7,7 @@ resumes, trains epoch by epoch, evaluates, logs and checkpoints.
 from __future__ import annotations
 
 import glob
+import inspect
 import logging
 import os
 import re
@@ -22,10 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from maskfeat import checkpoint as ckpt_io
-from maskfeat.config import ConfigError, to_yaml
+from maskfeat.config import Config, ConfigError, to_yaml
 from maskfeat.data import SeededSampler, sample_image_folder, sample_video_folder
-from maskfeat.distributed import cleanup, init_distributed, is_main_process, local_rank
-from maskfeat.engine import LoopOptions, LoopStats, train_one_epoch
+from maskfeat.distributed import all_gather_lists, cleanup, init_distributed, is_main_process, local_rank
+from maskfeat.engine import LoopOptions, LoopStats, Preempted, train_one_epoch
 from maskfeat.tracking import RunLog
 
 log = logging.getLogger("maskfeat")
@@ -49,6 +50,12 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def _is_video(cfg: DictConfig) -> bool:
+    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
+
+    return cfg.model.name in VIDEO_ARCHITECTURES
 
 
 def data_folder(cfg: DictConfig) -> str:
@@ -91,6 +98,7 @@ def make_loader(
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
     )
     if workers > 0:
         kwargs["prefetch_factor"] = 4
@@ -153,15 +161,24 @@ def shard_model(model: nn.Module, device: torch.device, world_size: int, strateg
 
 def wrap_for_training(model: nn.Module, device: torch.device, world_size: int, compile_model: bool,
                       sharded: bool = False) -> nn.Module:  # fmt: skip
-    """DDP over processes (no buffer broadcast: ViTs have no running statistics) unless the model is already
-    sharded with FSDP; optionally torch.compile."""
+    """DDP over processes (no buffer broadcast before each forward: ViTs have no running statistics, and the
+    linear probe's BatchNorm keeps per-process ones) unless the model is already sharded with FSDP; optionally
+    torch.compile."""
     if world_size > 1 and not sharded:
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            model, device_ids=[device.index] if device.type == "cuda" else None, **_no_forward_buffer_sync()
         )
     if compile_model:
         model = torch.compile(model)
     return model
+
+
+def _no_forward_buffer_sync() -> dict:
+    """DDP's argument for "do not broadcast buffers before each forward". PyTorch 2.13 renamed it
+    ``forward_sync_buffers`` and warns (once per process) on the old ``broadcast_buffers``, which older versions
+    need. The new one still syncs buffers once at construction, harmless here: they are equal on every rank."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
 
 
 def _full_state_options(**kwargs):
@@ -211,15 +228,34 @@ def gather_rng_states() -> list[dict]:
     return states
 
 
-class PreemptionSignals:
-    """SIGTERM / SIGUSR1 (a cluster's pre-emption notice) set a flag; the loop saves a checkpoint at the next step
-    boundary and stops. With several processes the flag is agreed on (max over ranks) every ``every`` steps, so
-    all ranks stop at the same step."""
+class Interrupted(Preempted):
+    """A first Ctrl-C (SIGINT) stopped the run: a checkpoint was saved at the step boundary (exit status 130)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    def __init__(self, step: int):
+        Exception.__init__(self, f"interrupted at step {step}; checkpoint saved, rerun the same command to resume")
+        self.step = step
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process: it saves a checkpoint, which may still need batches
+    (a worker that got SIGINT would end, and the loader would fail with "worker exited unexpectedly")."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class PreemptionSignals:
+    """SIGTERM / SIGUSR1 (a cluster's pre-emption notice) and a first Ctrl-C (SIGINT) set a flag; the loop saves a
+    checkpoint at the next step boundary and stops. A second Ctrl-C stops at once, without saving (one that comes
+    within ``REPEAT_S`` of the first is the same Ctrl-C forwarded again, as torchrun's agent does, and is ignored).
+    With several processes the flag is agreed on (max over ranks) every ``every`` steps, so all ranks stop at the
+    same step. ``received`` names the first signal."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    REPEAT_S = 1.0
 
     def __init__(self, every: int):
         self.every, self.flag, self.previous = every, False, {}
+        self.received: str | None = None
+        self._sigint_at: float | None = None
 
     def __enter__(self) -> PreemptionSignals:
         if threading.current_thread() is threading.main_thread():
@@ -232,8 +268,18 @@ class PreemptionSignals:
             signal.signal(sig, handler)
 
     def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self._sigint_at is not None:
+                if now - self._sigint_at < self.REPEAT_S:
+                    return
+                log.warning("second Ctrl-C: stopping now, without saving (a rerun resumes from the last checkpoint)")
+                raise KeyboardInterrupt
+            self._sigint_at = now
         if not self.flag:
-            log.warning(f"received {signal.Signals(signum).name}: saving a checkpoint at the end of this step")
+            self.received = signal.Signals(signum).name
+            again = "; press Ctrl-C again to stop at once, without saving" if signum == signal.SIGINT else ""
+            log.warning(f"received {self.received}: saving a checkpoint at the end of this step{again}")
         self.flag = True
 
     def requested(self, step: int) -> bool:
@@ -252,24 +298,54 @@ def _numbered(output_dir: str) -> list[str]:
     return sorted(found, key=lambda p: int(re.findall(r"(\d+)\.pt$", p)[0]))
 
 
-_RESUME_KEYS = ("model", "target", "data.image_size", "train.batch_size", "train.accum_steps", "train.epochs",
-                "mask", "seed", "world_size")  # fmt: skip
+# Keys that say how a run is carried out, not what it computes: they may change when a run is continued.
+FREE_ON_RESUME = ("data.num_workers", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.max_steps", "train.resume", "train.compile", "device", "model.allow_pickle",
+                  "visualize.num_images")  # fmt: skip
 
 
-def _check_resume_config(saved: dict, cfg: DictConfig) -> None:
-    """Warn when the run being resumed was started with settings that change the result."""
-    current = OmegaConf.to_container(cfg)
-    changed = []
-    for key in _RESUME_KEYS:
-        a, b = saved, current
-        for part in key.split("."):
-            a = a.get(part) if isinstance(a, dict) else None
-            b = b.get(part) if isinstance(b, dict) else None
-        if a != b:
-            changed.append(key)
-    if changed:
-        log.warning(f"resuming a run whose settings differ in {', '.join(changed)}: it will not match an "
-                    "uninterrupted run")  # fmt: skip
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key: old -> new`` for every key whose value differs between two config dicts, except the keys of
+    :data:`FREE_ON_RESUME`."""
+    a, b = _flat(saved), _flat(current)
+    keys = sorted((set(a) | set(b)) - set(FREE_ON_RESUME))
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_same_run(cfg: DictConfig, saved: dict | None = None) -> None:
+    """Before continuing the run in ``output_dir``: its settings (its ``config.yaml``, or ``saved``, the config
+    inside its checkpoint) must be those of ``cfg``. Otherwise stop with one line naming the keys that differ,
+    unless ``train.resume=force`` (then warn and continue with the new settings)."""
+    path = os.path.join(cfg.output_dir, "config.yaml")
+    if os.path.isfile(path):
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    if not saved:
+        return
+    try:  # a key the saved run did not have (an older maskfeat) had its default
+        saved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    except Exception:  # a key that no longer exists: compare as saved
+        pass
+    changed = config_differences(saved, OmegaConf.to_container(cfg))
+    if not changed:
+        return
+    listed = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    if cfg.train.resume == "force":
+        log.warning(f"train.resume=force: continuing the run in {cfg.output_dir} with other settings ({listed})")
+        return
+    raise ConfigError(
+        f"{cfg.output_dir} holds a run with other settings ({listed}): choose a new output_dir=... to start a new "
+        "run, or pass train.resume=force to continue that one with these settings"
+    )
 
 
 def resume(cfg: DictConfig, job: Job, scaler: torch.amp.GradScaler) -> tuple[int, dict]:
@@ -280,6 +356,7 @@ def resume(cfg: DictConfig, job: Job, scaler: torch.amp.GradScaler) -> tuple[int
     last = os.path.join(cfg.output_dir, ckpt_io.LAST)
     candidates = [p for p in [last, *reversed(_numbered(cfg.output_dir))] if os.path.isfile(p)]
     if not candidates:
+        check_same_run(cfg)  # a run killed before its first checkpoint left only its config.yaml
         return 0, {"top1": float("-inf")}
     state = None
     for path in candidates:  # the newest readable checkpoint; a torn or corrupt file falls back to an older one
@@ -291,7 +368,7 @@ def resume(cfg: DictConfig, job: Job, scaler: torch.amp.GradScaler) -> tuple[int
             log.warning(f"{e}; trying an older checkpoint")
     if state is None:
         raise ValueError(f"no readable checkpoint in {cfg.output_dir} (tried {', '.join(candidates)})")
-    _check_resume_config(state.get("config", {}), cfg)
+    check_same_run(cfg, state.get("config"))
     if bool(state.get("sharded", False)) != job.sharded:
         was = "sharded (train.strategy=fsdp)" if state.get("sharded") else "unsharded"
         raise ValueError(f"{last} was written by a {was} run; resume it with the same train.strategy and number of "
@@ -305,6 +382,45 @@ def resume(cfg: DictConfig, job: Job, scaler: torch.amp.GradScaler) -> tuple[int
     if is_main_process():
         log.info(f"resuming from {last} at step {step}/{job.total_steps}")
     return step, dict(state.get("best", {"top1": float("-inf")}))
+
+
+class BadFiles:
+    """The unreadable files of a data set of ``num_files`` files, as found by all processes together.
+
+    ``data.max_bad_fraction`` is judged against the size of the data set, not against the samples seen so far:
+    the run stops as soon as more than ``max_fraction`` of the data set's files are known to be unreadable, which
+    is then certain. A rate over the samples seen so far would be noisy early in a run, would depend on which
+    files each process happened to read first (one rank's share can hold all the broken files), and could stop a
+    run whose data set is within the limit. The files are counted once each (not once per epoch) over every
+    process, so the verdict, the step at which it is known and the message do not depend on the number of
+    processes or nodes beyond which files a step has read: after each :meth:`update` every rank holds the same
+    set, so every rank raises the same error at the same step and none is left waiting in a collective.
+    """
+
+    def __init__(self, num_files: int, max_fraction: float):
+        self.num_files, self.max_fraction = num_files, max_fraction
+        self.names: set[str] = set()
+        self._synced = 0  # how much of the caller's list of found files has been shared already
+
+    def update(self, found: list[str]) -> None:
+        """Share the files this process found since the last call (``found`` only grows; it may repeat names) and
+        take in the other processes'. A collective: call it on every rank at the same step (the logging step).
+
+        Raises:
+            ValueError: more than ``max_fraction`` of the data set's files are unreadable (one line, naming them).
+        """
+        new = sorted(set(found[self._synced :]) - self.names)
+        self._synced = len(found)
+        self.names.update(all_gather_lists(new))
+        if self.num_files and len(self.names) / self.num_files > self.max_fraction:
+            raise ValueError(f"{self.summary()}, more than data.max_bad_fraction={self.max_fraction}: {self.listed()}")
+
+    def summary(self) -> str:
+        return f"{len(self.names)} of the {self.num_files} files could not be decoded"
+
+    def listed(self) -> str:
+        names = sorted(self.names)
+        return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
 def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> dict:
@@ -321,24 +437,19 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
         os.makedirs(out, exist_ok=True)
         ckpt_io.atomic_write(os.path.join(out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
         log.info(summary_line + f"; {job.total_steps} steps -> {out}")
-    run_log = RunLog(out, job.total_steps, start_step=step, enabled=main)
+    sample = "clips" if _is_video(cfg) else "img"
+    run_log = RunLog(out, job.total_steps, start_step=step, enabled=main, sample=sample)
     stats = LoopStats()
     opts = LoopOptions(device=device, steps_per_epoch=job.steps_per_epoch, accum_steps=tr.accum_steps,
                        clip_grad=tr.clip_grad, amp_dtype=dtype, log_every=tr.log_every,
                        checkpoint_every=tr.checkpoint_every, max_steps=tr.max_steps)  # fmt: skip
     last_row: dict = {}
+    bad = BadFiles(job.sampler.num_samples, cfg.data.max_bad_fraction)
 
     def on_log(row: dict) -> None:
         nonlocal last_row
         last_row = row
-        seen = stats.seen_images + stats.bad_images
-        if stats.bad_images > 1 and stats.bad_images / seen > cfg.data.max_bad_fraction:
-            names = sorted(set(stats.bad_files))
-            listed = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-            raise ValueError(
-                f"{stats.bad_images} of {seen} images could not be decoded, more than data.max_bad_fraction="
-                f"{cfg.data.max_bad_fraction}: {listed}"
-            )
+        bad.update(stats.bad_files)  # every rank logs at the same steps: the ranks are in step here
         run_log.write(row)
         run_log.progress(row["step"], row)
 
@@ -401,14 +512,18 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
                 job.sampler.set_start((step % job.steps_per_epoch) * tr.accum_steps * job.loader.batch_size)
                 step = train_one_epoch(train_model, job.loader, job.optimizer, job.scheduler, scaler, opts, epoch,
                                        step, stats, job.loss_fn, on_log, on_checkpoint)  # fmt: skip
+        except Preempted as e:
+            if signals.received == "SIGINT":  # Ctrl-C: exit status 130, as an interrupted command
+                raise Interrupted(e.step) from None
+            raise
         finally:
             run_log.close()
     if job.finish is not None:
         final_state = model_state(job)  # collective when sharded
         if main:
             job.finish(final_state)
-    if main and stats.bad_images:
-        log.warning(f"{stats.bad_images} unreadable images were skipped (named in the warnings above)")
+    if main and bad.names:  # counted over all processes, each file once
+        log.warning(f"{bad.summary()} and were skipped: {bad.listed()}")
     cleanup()
     return {
         "step": step,

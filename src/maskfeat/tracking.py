@@ -31,6 +31,18 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def count_str(n: int) -> str:
+    """A count as people read it: ``86.57M`` from a million on, else every digit (``1,930``)."""
+    return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n:,}"
+
+
+def baseline_note(loss: float, baseline: float) -> str:
+    """``mean-target baseline 0.0457, -32%``: a pre-training loss read against the loss of predicting the mean
+    target (what a model that learned nothing from the visible context scores)."""
+    rel = f", {100 * (loss / baseline - 1):+.0f}%" if baseline > 0 and math.isfinite(loss) else ""
+    return f"mean-target baseline {baseline:.4f}{rel}"
+
+
 class RunLog:
     """metrics.jsonl + TensorBoard + console progress for one run.
 
@@ -40,10 +52,13 @@ class RunLog:
         start_step: the step a resumed run starts from; rows of metrics.jsonl past it (written after the last
             checkpoint of a killed run) are dropped so the file reads as one uninterrupted run.
         enabled: False on ranks other than 0.
+        sample: what one training sample is, for the console's rate: ``img`` (images/s) or ``clips`` (clips/s).
+            The metrics.jsonl key stays ``images_per_s`` for both (samples per second), as older runs have it.
     """
 
-    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, enabled: bool = True):
-        self.enabled, self.total_steps, self.start_step = enabled, total_steps, start_step
+    def __init__(self, output_dir: str, total_steps: int, start_step: int = 0, enabled: bool = True,
+                 sample: str = "img"):  # fmt: skip
+        self.enabled, self.total_steps, self.start_step, self.sample = enabled, total_steps, start_step, sample
         self.path = os.path.join(output_dir, "metrics.jsonl")
         self.tb = None
         self.bar = None
@@ -89,13 +104,14 @@ class RunLog:
             return
         rate = (step - self._s0) / max(time.perf_counter() - self._t0, 1e-9)
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
+        loss = f"{row['loss']:.4f}" + (f" ({baseline_note(row['loss'], row['baseline'])})" if "baseline" in row else "")
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", img_s=f"{row['images_per_s']:.1f}")
+            self.bar.set_postfix_str(f"loss {loss}, lr {row['lr']:.2e}, {row['images_per_s']:.1f} {self.sample}/s")
         else:
             log.info(
-                f"epoch {row['epoch']} step {step}/{self.total_steps} loss {row['loss']:.4f} lr {row['lr']:.3e} "
-                f"{row['images_per_s']:.1f} img/s eta {_fmt_eta(eta)}"
+                f"epoch {row['epoch']} step {step}/{self.total_steps} loss {loss} lr {row['lr']:.3e} "
+                f"{row['images_per_s']:.1f} {self.sample}/s eta {_fmt_eta(eta)}"
             )
 
     def close(self) -> None:

@@ -20,7 +20,9 @@ from maskfeat.config import Config, ConfigError
 from maskfeat.data import ImageDataset, denormalize, eval_transform
 from maskfeat.masking import get_mask_function
 from maskfeat.models import encoder_patch_size
+from maskfeat.models.maskfeat import masked_mse, mean_target_mse
 from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
+from maskfeat.tracking import baseline_note
 
 log = logging.getLogger("maskfeat")
 
@@ -126,6 +128,9 @@ def run_visualize(cfg: DictConfig) -> list[str]:
             "visualize needs a pre-training checkpoint (checkpoint-*.pt): encoder.safetensors has no prediction head"
         )
     state = ckpt_io.load_checkpoint(path, cfg.model.allow_pickle)
+    if "classifier" in state or "config" not in state:
+        what = f"a {state['classifier']} checkpoint" if "classifier" in state else "not a maskfeat checkpoint"
+        raise ConfigError(f"visualize needs a pre-training checkpoint (from maskfeat pretrain); {path} is {what}")
     run_cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
     if run_cfg.model.name in VIDEO_ARCHITECTURES:
         raise ConfigError(f"visualize draws image models; {path} is a video model ({run_cfg.model.name})")
@@ -141,7 +146,7 @@ def run_visualize(cfg: DictConfig) -> list[str]:
     mask_fn = get_mask_function(mask_type(cfg, video=False))
     out_dir = os.path.join(cfg.output_dir, "visualize")
     os.makedirs(out_dir, exist_ok=True)
-    written = []
+    written, losses, targets, masks = [], [], [], []
     for i in range(len(dataset)):
         if len(written) == cfg.visualize.num_images:
             break
@@ -157,6 +162,22 @@ def run_visualize(cfg: DictConfig) -> list[str]:
         name = os.path.join(out_dir, f"{i:03d}.png")
         picture.save(name)
         written.append(name)
-        log.info(f"{name}: masked-HOG loss {loss.item():.4f}")
+        losses.append(loss.item())
+        targets.append(target[0])
+        masks.append(mask.reshape(-1))
+    if written:
+        # The baseline as pre-training logs it, over the drawn images as one batch: every masked token predicted by
+        # the mean target of all their masked tokens.
+        t, m = torch.stack(targets), torch.stack(masks)  # (n, N, D), (n, N)
+        mean = t[m].mean(0)  # (D,)
+        for name, loss, ti, mi in zip(written, losses, targets, masks):
+            base = masked_mse(mean.expand_as(ti)[None], ti[None], mi[None]).item()
+            log.info(f"{name}: masked-HOG loss {loss:.4f} ({baseline_note(loss, base)})")
+        counts = m.sum(1).float()
+        pooled = float((torch.tensor(losses) * counts).sum() / counts.sum().clamp(min=1.0))
+        log.info(
+            f"the {len(written)} images together: masked-HOG loss {pooled:.4f} "
+            f"({baseline_note(pooled, mean_target_mse(t, m).item())})"
+        )
     log.info(f"wrote {len(written)} pictures to {out_dir} (input | masked input | HOG target | predicted HOG)")
     return written

@@ -16,6 +16,17 @@ shorter than the span keeps ``num_frames`` frames by lowering the stride to the 
 stride 1 does not fit (fewer frames than ``num_frames``), by looping its frames (``0, 1, ..., n-1, 0, 1, ...``); either
 is logged once per file and process. ``stride`` counts frames of the file as stored (no resampling to a target fps).
 
+Damaged files. A file whose readable frames fall well short of what its container declares is truncated or damaged
+(a download or copy cut short keeps the header that states the full length): :func:`damaged` names it when fewer than
+:data:`DAMAGED_BELOW` (90%) of the declared frames can be read. "Declared" is the frame count the container records
+(MP4, MOV, AVI), else its recorded duration (Matroska / WebM: the stream's duration, its ``DURATION`` tag or the
+container's duration), compared with the time the readable frames cover; "readable" is the frames the probe can
+demux, and, once a clip runs past the last frame the decoder gives, the frames it decoded. Both backends read the
+declared length from the container header with PyAV, so the rule is the same whichever decodes. :class:`VideoDataset`
+skips such a file like an unreadable one (a warning naming it; counted as a bad sample in the batch); the functions
+:func:`decode_clip` / :func:`decode_frames` warn once and return what can be read. A file missing only its last few
+frames (under 10%) is not damaged: a clip that reaches them repeats the last decoded frame, with a warning.
+
 Reproducibility: like :class:`maskfeat.data.images.ImageDataset`, :class:`VideoDataset` takes ``(index, sample_seed)``
 keys from :class:`maskfeat.data.images.SeededSampler` and seeds torch's and Python's RNGs from ``sample_seed`` around
 the temporal sampling and the transform, so a sample depends only on ``(seed, epoch, index)``.
@@ -43,10 +54,12 @@ from .images import DataError, LabeledFiles, _has_extension, scan_folder, seeded
 from .video_transforms import VideoEvalTransform, VideoTrainTransform
 
 __all__ = [
+    "DAMAGED_BELOW",
     "VIDEO_EXTENSIONS",
     "VideoDataset",
     "VideoInfo",
     "clip_indices",
+    "damaged",
     "decode_clip",
     "decode_frames",
     "fit_clip_stride",
@@ -369,6 +382,10 @@ class VideoInfo:
         codec: decoder name, e.g. ``"h264"``.
         seekable: the packets carry distinct timestamps, so frames can be found by pts after a seek.
         num_keyframes: keyframes found by the probe.
+        declared_frames: frame count the container's header records (MP4, MOV, AVI); 0 if it records none.
+        declared_duration: seconds the container's header records for the video (stream duration, Matroska
+            ``DURATION`` tag, else the container's duration); 0.0 if none. ``num_frames`` and ``duration`` are what
+            can be read; a truncated file keeps declaring its full length (see :func:`damaged`).
     """
 
     path: str
@@ -380,6 +397,63 @@ class VideoInfo:
     codec: str
     seekable: bool
     num_keyframes: int
+    declared_frames: int = 0
+    declared_duration: float = 0.0
+
+
+#: A file is damaged when fewer than this share of the frames its container declares can be read.
+DAMAGED_BELOW = 0.9
+
+
+def _declared_length(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[int, float]:
+    """``(frames, seconds)`` that the header of ``container`` declares for ``stream`` (0 where it records none)."""
+    frames = int(stream.frames or 0)
+    if stream.duration and stream.time_base:
+        return frames, float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION", "")  # Matroska / WebM, "HH:MM:SS.nnnnnnnnn"
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return frames, int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        pass
+    return frames, (container.duration / av.time_base if container.duration and container.duration > 0 else 0.0)
+
+
+def _declared_length_of(path: str) -> tuple[int, float]:
+    """:func:`_declared_length` of a file's first video stream (reads the header only); (0, 0.0) if unreadable."""
+    try:
+        with av.open(path) as container:
+            return _declared_length(container, container.streams.video[0])
+    except (av.error.FFmpegError, OSError, IndexError):
+        return 0, 0.0
+
+
+def damaged(info: VideoInfo, decoded: int | None = None) -> str | None:
+    """Why a video file looks truncated or damaged, or None when it does not.
+
+    The rule (see the module docstring): damaged when the readable frames are fewer than :data:`DAMAGED_BELOW`
+    (90%) of what the container declares: its frame count when it records one, else its duration, compared with the
+    time the readable frames cover. ``decoded``, the number of frames a decode from the start produced before the
+    stream ended, is held against ``max(declared, demuxed)`` frames (damaged data inside a file whose index is intact).
+
+    Args:
+        info: the probe of the file (:func:`probe_video`).
+        decoded: frames the decoder gave over the whole file, when known.
+
+    Returns:
+        A one-line reason (without the path), or None.
+    """
+    frames, seconds = info.declared_frames, info.declared_duration
+    if frames and info.num_frames < DAMAGED_BELOW * frames:
+        return f"truncated or damaged: {info.num_frames} of the {frames} frames its container declares can be read"
+    if not frames and seconds > 0 and info.duration < DAMAGED_BELOW * seconds:
+        about = f" (about {round(seconds * info.fps)} frames)" if info.fps > 0 else ""
+        return (f"truncated or damaged: its container declares {seconds:.1f} s{about}, the {info.num_frames} "
+                f"frames that can be read cover {info.duration:.1f} s")  # fmt: skip
+    expected = max(frames, info.num_frames)
+    if decoded is not None and decoded < DAMAGED_BELOW * expected:
+        return f"damaged: {decoded} of its {expected} frames can be decoded"
+    return None
 
 
 class _SeekFailed(Exception):
@@ -471,6 +545,7 @@ class _PyAVReader:
         else:
             duration = count / fps if fps > 0 else 0.0
         codec = stream.codec_context
+        declared_frames, declared_duration = _declared_length(container, stream)
         self.info = VideoInfo(
             path=self.path,
             num_frames=count,
@@ -481,6 +556,8 @@ class _PyAVReader:
             codec=str(codec.name),
             seekable=self._index_ok,
             num_keyframes=int(sum(key_flags)),
+            declared_frames=declared_frames,
+            declared_duration=declared_duration,
         )
 
     def ordinal_at(self, seconds: float) -> int:
@@ -579,8 +656,13 @@ class _PyAVReader:
         )
         return rgb.to_ndarray()
 
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(len(indices), H, W, 3)``."""
+    def get_frames(self, indices: Sequence[int] | np.ndarray, strict: bool = False) -> torch.Tensor:
+        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``(len(indices), H, W, 3)``.
+
+        Frames past the last one the decoder gives are filled with that last frame (a warning once per file); when
+        the decoder gave too few for the file to be sound (:func:`damaged`), ``strict`` raises :class:`DataError`
+        instead (a warning once per file otherwise).
+        """
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             raise ValueError("no frame indices given")
@@ -603,8 +685,13 @@ class _PyAVReader:
                 raise DataError(f"no decodable frames in {self.path}")
             got = {}
         missing = [i for i in needed if i not in got]
-        if missing:
-            # The decoder gave fewer frames than the file has packets (damaged data): repeat the last frame it gave.
+        reason = damaged(self.info, decoded) if missing else None
+        if reason and strict:
+            raise DataError(reason)
+        if reason:
+            _warn_once(self.path, "damaged", "video %s is %s; using the frames that can be read", self.path, reason)
+        elif missing:
+            # The decoder gave a few frames fewer than the file has packets: repeat the last frame it gave.
             _warn_once(
                 self.path,
                 "missing",
@@ -614,6 +701,7 @@ class _PyAVReader:
                 self.info.num_frames,
                 missing[0],
             )
+        if missing:
             filler = self._to_rgb(last_frame)
             for i in missing:
                 got[i] = filler
@@ -658,6 +746,9 @@ class _TorchCodecReader:
         if num_frames < 1:
             raise DataError(f"no video frames in {path}")
         fps = float(meta.average_fps or 0.0)
+        # The declared length from the header, read with PyAV as the PyAV reader does: one rule for both backends
+        # (torchcodec's own header fields leave out Matroska's DURATION tag and the container's duration).
+        declared_frames, declared_duration = _declared_length_of(path)
         self.info = VideoInfo(
             path=path,
             num_frames=num_frames,
@@ -668,13 +759,17 @@ class _TorchCodecReader:
             codec=str(meta.codec or ""),
             seekable=True,
             num_keyframes=0,  # not reported by torchcodec
+            declared_frames=declared_frames,
+            declared_duration=declared_duration,
         )
 
     def ordinal_at(self, seconds: float) -> int:
         position = int(math.floor(float(seconds) * self.info.fps + 1e-9)) if self.info.fps > 0 else 0
         return min(max(position, 0), self.info.num_frames - 1)
 
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+    def get_frames(self, indices: Sequence[int] | np.ndarray, strict: bool = False) -> torch.Tensor:
+        """Frames at ``indices`` as uint8 ``(len(indices), H, W, 3)``; a frame torchcodec cannot decode raises
+        (whatever ``strict``, kept for the PyAV reader's signature)."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             raise ValueError("no frame indices given")
@@ -698,6 +793,12 @@ def _open_reader(path: str, backend: str = "pyav", threads: int = 1, seek: bool 
     if backend == "torchcodec" or (backend == "auto" and timestamped and torchcodec_available()):
         return _TorchCodecReader(path, threads, seek)
     return _PyAVReader(path, threads, seek)
+
+
+def _warn_if_damaged(info: VideoInfo) -> None:
+    reason = damaged(info)
+    if reason:
+        _warn_once(info.path, "damaged", "video %s is %s; using the frames that can be read", info.path, reason)
 
 
 def probe_video(path: str | os.PathLike[str], backend: str = "pyav") -> VideoInfo:
@@ -737,7 +838,9 @@ def decode_frames(
     Returns:
         uint8 tensor ``(len(indices), H, W, 3)``, RGB.
     """
-    return _open_reader(os.fspath(path), backend, threads, seek).get_frames(indices)
+    reader = _open_reader(os.fspath(path), backend, threads, seek)
+    _warn_if_damaged(reader.info)
+    return reader.get_frames(indices)
 
 
 def decode_clip(
@@ -755,7 +858,8 @@ def decode_clip(
     Only the stretch of the file that the clip needs is decoded: the reader seeks to the last keyframe at or before
     the clip's first frame and decodes forward, frames identified by pts, giving exactly the frames a full decode
     would give at those indices. A video too short for ``num_frames x stride`` gets a lowered stride or loops (see
-    :func:`fit_clip_stride`), with a warning once per file naming it.
+    :func:`fit_clip_stride`), with a warning once per file naming it. A truncated or damaged file (:func:`damaged`)
+    gives a clip of the frames that can be read, with a warning once per file naming it.
 
     Args:
         path: video file.
@@ -775,6 +879,7 @@ def decode_clip(
     """
     path = os.fspath(path)
     reader = _open_reader(path, backend, threads, seek)
+    _warn_if_damaged(reader.info)
     total = reader.info.num_frames
     if start is None:
         first = 0
@@ -819,8 +924,10 @@ class VideoDataset(LabeledFiles):
       ordered clip-major (``view = clip * num_crops + crop``), so predictions are averaged per ``video_index`` over the
       ``V`` views; with ``V == 1``, ``"image"`` is ``(3, T, H, W)`` as in training.
 
-    An unreadable or broken file gives ``None`` (one warning line naming the file on the ``maskfeat`` logger);
-    :class:`maskfeat.masking.MaskCollator` drops such items.
+    An unreadable, truncated or damaged file (see :func:`damaged`: fewer than 90% of the frames its container
+    declares can be read, or a clip runs past the end of what the decoder gives of such a file) gives
+    ``{"unreadable": path}`` (one warning line naming the file on the ``maskfeat`` logger);
+    :class:`maskfeat.masking.MaskCollator` drops such items and counts them (``num_bad``, ``bad_files``).
 
     Args:
         source: folder or list file scanned with :func:`scan_video_source` (unless ``files`` is given).
@@ -898,6 +1005,9 @@ class VideoDataset(LabeledFiles):
     def _read(self, path: str) -> torch.Tensor:
         """The frames of this item's clip(s), uint8 ``(num_clips * T, H, W, 3)``; train starts use torch's RNG."""
         reader = _open_reader(path, self.backend, self.threads, self.seek)
+        reason = damaged(reader.info)
+        if reason:
+            raise DataError(reason)
         total = reader.info.num_frames
         _fit_and_warn(path, total, self.num_frames, self.stride)
         if self.mode == "train":
@@ -905,7 +1015,7 @@ class VideoDataset(LabeledFiles):
         else:
             starts = uniform_clip_starts(total, self.num_frames, self.stride, self.num_clips)
         indices = np.concatenate([clip_indices(total, self.num_frames, self.stride, s) for s in starts])
-        return reader.get_frames(indices)
+        return reader.get_frames(indices, strict=True)
 
     def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
         if isinstance(key, (tuple, list)):

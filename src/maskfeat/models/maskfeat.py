@@ -28,6 +28,26 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (per_token * m).sum() / m.sum().clamp(min=1.0)
 
 
+@torch.no_grad()
+def mean_target_mse(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked MSE of the best constant predictor: every masked token predicted by the mean target vector of
+    the batch's masked tokens. A model that has learned nothing from the visible context scores this; the
+    pre-training loss is read against it.
+
+    Args:
+        target: (B, N, D) targets.
+        mask: (B, N) bool, True = masked.
+    Returns:
+        Scalar (float32, no gradient): the per-dimension (population) variance of the masked targets, averaged
+        over the D dimensions; 0 when nothing is masked.
+    """
+    t = target.detach().float().reshape(-1, target.shape[-1])  # (B*N, D)
+    m = mask.reshape(-1).to(t.dtype)[:, None]  # (B*N, 1)
+    count = m.sum().clamp(min=1.0)
+    mean = (t * m).sum(0) / count  # (D,)
+    return (((t - mean) ** 2) * m).sum() / (count * t.shape[-1])
+
+
 class MaskFeat(nn.Module):
     """MaskFeat pre-training model around a timm :class:`VisionTransformer`.
 
