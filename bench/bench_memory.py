@@ -30,6 +30,7 @@ from maskfeat.optim import build_optimizer  # noqa: E402
 from maskfeat.targets import build_target  # noqa: E402
 
 MODELS = {
+    "vit_tiny": "vit_tiny_patch16_224",  # for smoke runs (bench/gpu_check.py --tiny)
     "vit_small": "vit_small_patch16_224",
     "vit_base": "vit_base_patch16_224",
     "vit_large": "vit_large_patch16_224",

@@ -15,6 +15,7 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,6 +35,50 @@ MODELS = {  # name: (architecture, image size, depth override)
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def maskfeat_step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, masks: torch.Tensor,
+                     dtype: torch.dtype | None, forward: Callable | None = None,
+                     clip: float = 0.02) -> Callable[[], None]:  # fmt: skip
+    """One MaskFeat pre-training step on a fixed batch: forward ([MASK], HOG target, head, masked MSE) under
+    autocast in ``dtype`` (None = full precision), backward, gradient clipping, optimizer step.
+
+    ``images`` (B, C, H, W) and ``masks`` (B, h, w) bool are moved to ``model``'s device inside the step (a no-op
+    when they are there already); ``forward`` is what runs the batch (default ``model``; e.g. ``torch.compile(model)``).
+    """
+    forward = model if forward is None else forward
+    device = next(model.parameters()).device
+
+    def step() -> None:
+        x, m = images.to(device), masks.to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = forward(x, m)[0]
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def classification_step_fn(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                           labels: torch.Tensor, dtype: torch.dtype | None, forward: Callable | None = None,
+                           clip: float = 0.02) -> Callable[[], None]:  # fmt: skip
+    """One plain classification step on a fixed batch (cross-entropy, backward, the same clipping and optimizer step
+    as :func:`maskfeat_step_fn`): the baseline. ``images`` (B, C, H, W), ``labels`` (B,) int64."""
+    forward = model if forward is None else forward
+    device = next(model.parameters()).device
+
+    def step() -> None:
+        x, y = images.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)  # the same optimizer step on both sides
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def main() -> None:
@@ -61,25 +106,9 @@ def main() -> None:
 
     batch = collate(items)  # in training the collate (masks) runs in data-loader workers, outside the step
 
-    def maskfeat_step() -> None:
-        x, m = batch["images"].to(device), batch["masks"].to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = maskfeat(x, m)[0]
-        loss.backward()
-        nn.utils.clip_grad_norm_(maskfeat.parameters(), 0.02)
-        opt_m.step()
-        opt_m.zero_grad(set_to_none=True)
-
+    maskfeat_step = maskfeat_step_fn(maskfeat, opt_m, batch["images"], batch["masks"], dtype)
     labels = torch.arange(args.batch) % 1000
-
-    def plain_step() -> None:
-        x, y = images.to(device), labels.to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = nn.functional.cross_entropy(plain(x), y)
-        loss.backward()
-        nn.utils.clip_grad_norm_(plain.parameters(), 0.02)  # the same optimizer step on both sides
-        opt_p.step()
-        opt_p.zero_grad(set_to_none=True)
+    plain_step = classification_step_fn(plain, opt_p, images, labels, dtype)
 
     times: dict[str, list[float]] = {"maskfeat": [], "timm": []}
     for i in range(args.warmup + args.repeats):
