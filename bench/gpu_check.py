@@ -662,7 +662,7 @@ def part_mvit(ctx: SimpleNamespace, rec: Recorder) -> None:
     classification step with the same backbone on the same clips."""
     from bench_pretrain import classification_step_fn, maskfeat_step_fn
 
-    from maskfeat.models.video_vit import create_video_encoder
+    from maskfeat.models.registry import create_encoder
     from maskfeat.optim import build_optimizer
     from maskfeat.pretrain import build_model, mask_collate, token_grid
 
@@ -672,7 +672,7 @@ def part_mvit(ctx: SimpleNamespace, rec: Recorder) -> None:
     torch.manual_seed(0)
     model, meta = build_model(cfg)
     model.to(device)
-    plain = create_video_encoder("mvit_v2_s", meta["model_args"], num_classes=400).to(device)
+    plain = create_encoder("mvit_v2_s", meta["model_args"], num_classes=400).to(device)
     opt_m, opt_p = build_optimizer(model, 1e-4, 0.05), build_optimizer(plain, 1e-4, 0.05)
     g = torch.Generator().manual_seed(0)
     shape = (3, S.mvit_frames, S.mvit_size, S.mvit_size)

@@ -46,6 +46,24 @@ def test_every_command_answers_help(command):
     assert r.returncode == 0 and "usage: maskfeat " + command in r.stdout
 
 
+@pytest.mark.parametrize(
+    "args, status",
+    [(["--help"], 0), (["pretrain", "--help"], 0), (["export", "--help"], 0), (["pretrain", "train.epoch=1"], 2),
+     (["pretrain", "-c", "missing.yaml"], 2), (["finetune", "train.amp=fp8"], 2)],
+)  # fmt: skip
+def test_help_and_config_errors_do_not_import_torch(args, status):
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "maskfeat", *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)  # fmt: skip
+    assert r.returncode == status
+    imported = [line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    assert "maskfeat.cli" in imported  # the import log is complete
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "timm", "torchvision")]
+    if status:  # one line, as ever
+        assert [line for line in r.stderr.splitlines() if not line.startswith("import time:")][0].startswith(
+            "maskfeat: error: "
+        )
+
+
 def test_mistyped_key_fails_with_one_line_and_no_traceback(tmp_path):
     r = maskfeat("pretrain", "-c", "configs/pretrain/demo.yaml", "train.epoch=1", f"output_dir={tmp_path}")
     assert r.returncode == 2

@@ -58,7 +58,7 @@ def test_layers_merge_in_order(tmp_path):
         ("train.strategy=fsdp train.amp=fp16", "train.strategy=fsdp trains with train.amp=bf16 or off"),
         ("data.repeated_aug=2", "data.repeated_aug applies to video models"),
         ("model.name=vit_s data.repeated_aug=3 train.batch_size=4", "must be a multiple of data.repeated_aug=3"),
-        ("model.name=vit_s data.video_backend=ffmpeg", "data.video_backend must be pyav, torchcodec or auto"),
+        ("model.name=vit_s data.video_backend=ffmpeg", "data.video_backend must be one of pyav, torchcodec, auto"),
         ("epochs", "is not of the form key=value"),
     ],
 )
@@ -169,3 +169,63 @@ def test_amp_off_is_off_in_a_file_and_on_the_command_line(tmp_path):
     assert load_config("pretrain", None, ["train.amp=off"]).train.amp == "off"
     with pytest.raises(ConfigError, match="train.amp must be one of"):
         load_config("pretrain", None, ["train.amp=true"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.optimizer=adam", "train.optimizer must be one of adamw, lars, sgd, got 'adam'"),
+        ("target.name=dino", "target.name must be one of hog, pixel, got 'dino'"),
+        ("train.resume=always", "train.resume must be one of auto, force, got 'always'"),
+        ("mask.type=grid", "mask.type must be one of auto, block, random, cube, tube, frame, got 'grid'"),
+        ("train.amp=fp8", "train.amp must be one of auto, bf16, fp16, off, got 'fp8'"),
+        ("data.video_backend=ffmpeg", "data.video_backend must be one of pyav, torchcodec, auto, got 'ffmpeg'"),
+    ],
+)
+def test_a_value_outside_a_fields_choices_is_one_line_naming_the_key_and_the_choices(override, expected, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config("pretrain", None, [override])
+    assert str(e.value) == f"command line: {expected}"
+    key, value = override.split("=")
+    section, name = key.split(".")
+    f = tmp_path / "c.yaml"
+    f.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config("pretrain", str(f), [])
+    assert str(e.value) == f"{f}: {expected}"
+
+
+def test_choice_fields_compare_as_strings_and_are_saved_as_plain_strings(tmp_path):
+    import torch
+    from omegaconf import OmegaConf
+
+    from maskfeat.config import to_yaml
+
+    cfg = load_config("linprobe", None, ["train.amp=bf16", "model.name=vit_s", "mask.type=tube", "target.name=pixel"])
+    assert (cfg.train.amp, cfg.train.optimizer, cfg.mask.type, cfg.target.name) == ("bf16", "lars", "tube", "pixel")
+    assert f"{cfg.train.amp}/{cfg.data.video_backend}" == "bf16/pyav" and {"bf16": 1}[cfg.train.amp] == 1
+    text = to_yaml(cfg)
+    assert "  amp: bf16\n" in text and "  optimizer: lars\n" in text and "  type: tube\n" in text
+    saved = tmp_path / "config.yaml"
+    saved.write_text(text)
+    assert OmegaConf.to_container(load_config("linprobe", str(saved))) == OmegaConf.to_container(cfg)
+    # what a checkpoint holds: only plain types, so that torch.load(weights_only=True) reads it back
+    plain = OmegaConf.to_container(cfg, enum_to_str=True)
+    assert type(plain["train"]["amp"]) is str and type(plain["mask"]["type"]) is str
+    torch.save({"config": plain}, tmp_path / "c.pt")
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["config"] == plain
+
+
+def test_the_torch_free_name_tables_agree_with_the_models():
+    import timm
+
+    from maskfeat.models.mvit import MVIT_SIZES
+    from maskfeat.models.names import IMAGE_ARCHITECTURES, VIDEO_ARCHITECTURES
+    from maskfeat.models.video_vit import VIDEO_VIT_SIZES
+
+    assert all(timm.is_model(name) for name in IMAGE_ARCHITECTURES)
+    assert all(f"patch{size}_" in name for name, size in IMAGE_ARCHITECTURES.items())
+    assert [k for k, v in VIDEO_ARCHITECTURES.items() if v == "vit"] == list(VIDEO_VIT_SIZES)
+    assert [k for k, v in VIDEO_ARCHITECTURES.items() if v == "mvit"] == list(MVIT_SIZES)
+    with pytest.raises(ConfigError, match=r"model.name 'vit_xl' is not a known architecture; choose one of vit_tiny"):
+        load_config("pretrain", None, ["model.name=vit_xl"])

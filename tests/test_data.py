@@ -1,4 +1,4 @@
-"""Tests of maskfeat.data: decoding of awkward files, folder scanning, the seeded sampler/dataset, transforms."""
+"""Tests of maskfeat.data.images and maskfeat.data.transforms: decoding of awkward files, transforms, sample data."""
 
 from __future__ import annotations
 
@@ -12,21 +12,18 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from maskfeat.data import (
     IMAGENET_MEAN,
     MEAN_RGB_UINT8,
     DataError,
     ImageDataset,
-    SeededSampler,
     denormalize,
     eval_transform,
     load_rgb,
     pretrain_transform,
     sample_image_folder,
     sample_labeled_folder,
-    sample_seed,
     scan_image_folder,
 )
 
@@ -163,148 +160,6 @@ def test_unreadable_files_return_none_with_warning(tmp_path: Path, caplog: pytes
         (message,) = [m for m in messages if name in m]
         assert message.startswith("skipped unreadable image ") and str(tmp_path / name) in message
         assert "\n" not in message
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# scan_image_folder
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def test_scan_image_folder_layouts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    tiny = Image.new("RGB", (4, 4))
-    # ImageFolder, with nested files, hidden entries and mixed-case extensions
-    for cls in ("dog", "cat"):
-        (tmp_path / "tree" / cls / "sub").mkdir(parents=True)
-        tiny.save(tmp_path / "tree" / cls / "b.JPG", format="JPEG")
-        tiny.save(tmp_path / "tree" / cls / "sub" / "a.png")
-        tiny.save(tmp_path / "tree" / cls / ".hidden.png")
-        (tmp_path / "tree" / cls / "notes.txt").write_text("x")
-    (tmp_path / "tree" / ".cache" / "x").mkdir(parents=True)
-    tiny.save(tmp_path / "tree" / ".cache" / "x" / "c.png")
-    files, labels, classes = scan_image_folder(tmp_path / "tree")
-    assert classes == ["cat", "dog"]
-    assert labels == [0, 0, 1, 1]
-    assert [os.path.relpath(f, tmp_path / "tree") for f in files] == [
-        "cat/b.JPG",
-        "cat/sub/a.png",
-        "dog/b.JPG",
-        "dog/sub/a.png",
-    ]
-    assert all(os.path.isabs(f) for f in files)
-
-    # loose top-level images next to class folders: ignored with a warning
-    tiny.save(tmp_path / "tree" / "loose.png")
-    with caplog.at_level(logging.WARNING, logger="maskfeat"):
-        files2, _, _ = scan_image_folder(tmp_path / "tree")
-    assert files2 == files
-    assert any("1 image file(s) at the top level" in r.getMessage() for r in caplog.records)
-
-    # flat folder
-    (tmp_path / "flat").mkdir()
-    for name in ("z.webp", "a.jpeg", ".x.png"):
-        tiny.save(tmp_path / "flat" / name)
-    files, labels, classes = scan_image_folder(str(tmp_path / "flat"))
-    assert [Path(f).name for f in files] == ["a.jpeg", "z.webp"]
-    assert labels == [-1, -1] and classes == []
-    dataset = ImageDataset(tmp_path / "flat", pretrain_transform(8))
-    assert dataset.num_classes == 0 and dataset[0]["label"] == -1
-
-
-def test_scan_image_folder_errors(tmp_path: Path) -> None:
-    missing = tmp_path / "nope"
-    with pytest.raises(DataError, match="does not exist") as info:
-        scan_image_folder(missing)
-    assert str(missing) in str(info.value)
-    (tmp_path / "empty" / "sub").mkdir(parents=True)
-    (tmp_path / "empty" / "readme.txt").write_text("x")
-    with pytest.raises(DataError, match="no image files") as info:
-        scan_image_folder(tmp_path / "empty")
-    assert str(tmp_path / "empty") in str(info.value) and ".jpg" in str(info.value)
-    (tmp_path / "file.jpg").write_bytes(b"")
-    with pytest.raises(DataError, match="not a directory"):
-        scan_image_folder(tmp_path / "file.jpg")
-    assert issubclass(DataError, ValueError)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# SeededSampler
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def test_sampler_deterministic_per_epoch() -> None:
-    a, b = SeededSampler(100, seed=3), SeededSampler(100, seed=3)
-    assert list(a) == list(b)
-    assert sorted(i for i, _ in a) == list(range(100))
-    first = list(a)
-    a.set_epoch(1)
-    assert [i for i, _ in a] != [i for i, _ in first]
-    assert SeededSampler(100, seed=4).rank_indices().tolist() != [i for i, _ in first]
-    seeds = [s for _, s in a]
-    assert all(0 <= s < 2**63 for s in seeds) and len(set(seeds)) == 100
-    assert seeds[0] == sample_seed(3, 1, next(iter(a))[0])
-    unshuffled = SeededSampler(10, seed=0, shuffle=False)
-    assert [i for i, _ in unshuffled] == list(range(10))
-
-
-@pytest.mark.parametrize("drop_last", [False, True])
-def test_sampler_ranks_partition(drop_last: bool) -> None:
-    n = 101
-    ranks = [SeededSampler(n, seed=1, rank=r, world_size=2, drop_last=drop_last) for r in range(2)]
-    for sampler in ranks:
-        sampler.set_epoch(5)
-    parts = [[i for i, _ in sampler] for sampler in ranks]
-    assert len(parts[0]) == len(parts[1]) == len(ranks[0])
-    covered = set(parts[0]) | set(parts[1])
-    if drop_last:
-        assert len(parts[0]) == 50 and not set(parts[0]) & set(parts[1]) and len(covered) == 100
-    else:
-        assert len(parts[0]) == 51 and covered == set(range(n))
-    # the two ranks interleave the single-process order, as DistributedSampler does
-    single = SeededSampler(n, seed=1)
-    single.set_epoch(5)
-    order = [i for i, _ in single]
-    assert parts[0][:50] == order[0:100:2] and parts[1][:50] == order[1:100:2]
-
-
-def test_sampler_set_start_resumes_exactly() -> None:
-    sampler = SeededSampler(37, seed=9, rank=1, world_size=3)
-    sampler.set_epoch(2)
-    full = list(sampler)
-    for k in (0, 1, 5, len(full)):
-        sampler.set_epoch(2)
-        sampler.set_start(k)
-        assert len(sampler) == len(full) - k
-        assert full[:k] + list(sampler) == full
-    sampler.set_epoch(3)
-    assert len(sampler) == len(full)
-    with pytest.raises(ValueError):
-        sampler.set_start(len(full) + 1)
-
-
-def test_loader_identical_across_worker_counts(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 256, (24 + i, 30, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    dataset = ImageDataset(tmp_path, pretrain_transform(16))
-    sampler = SeededSampler(len(dataset), seed=5)
-    sampler.set_epoch(1)
-
-    def run(workers: int) -> list[dict]:
-        torch.manual_seed(1234)
-        loader = DataLoader(dataset, batch_size=3, sampler=sampler, num_workers=workers)
-        return list(loader)
-
-    single, multi = run(0), run(2)
-    assert len(single) == len(multi) == 4
-    for a, b in zip(single, multi):
-        assert torch.equal(a["image"], b["image"])
-        assert torch.equal(a["seed"], b["seed"]) and torch.equal(a["label"], b["label"])
-    # the dataset restores the caller's RNG: a num_workers=0 loader does not perturb the training RNG stream
-    torch.manual_seed(0)
-    expected = torch.rand(3)
-    torch.manual_seed(0)
-    dataset[(0, 42)]
-    assert torch.equal(torch.rand(3), expected)
 
 
 # ----------------------------------------------------------------------------------------------------------------

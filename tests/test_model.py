@@ -1,11 +1,13 @@
-"""The MaskFeat wrapper around timm's ViT: gradients, the [MASK] token, the masked loss, weight decay groups."""
+"""MaskFeat around timm's ViT (MaskableViT): gradients, the [MASK] token, the masked loss, weight decay groups,
+and the image encoder against plain timm."""
 
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
-from maskfeat.models import ARCHITECTURES, MaskFeat, create_encoder, encoder_model_args, masked_mse
+from maskfeat.models import ARCHITECTURES, MaskableViT, MaskFeat, create_encoder, encoder_model_args, masked_mse
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.targets import build_target
 
@@ -81,6 +83,53 @@ def test_unmasked_forward_equals_the_plain_timm_encoder():
     ours = model.forward_features(x, torch.zeros(2, 3, 3, dtype=torch.bool))
     theirs = model.encoder.forward_features(x)[:, model.encoder.num_prefix_tokens :]
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_image_encoder_is_timms_vit_parameter_for_parameter(name):
+    with torch.device("meta"):  # full size: the sizes table must be timm's
+        ours, theirs = create_encoder(name, encoder_model_args(224)), timm.create_model(name, num_classes=0)
+    assert isinstance(ours, MaskableViT) and type(theirs) is timm.models.vision_transformer.VisionTransformer
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert ours.pretrained_cfg == theirs.pretrained_cfg
+    patch = ARCHITECTURES[name]
+    assert ours.patch_grid == ours.output_grid == (1, 224 // patch, 224 // patch) and ours.clip_size == (1, 224, 224)
+
+
+def test_image_encoder_initialises_and_computes_as_timm():
+    args = encoder_model_args(32, depth=2, global_pool="avg", fc_norm=False)
+    torch.manual_seed(0)
+    ours = create_encoder("vit_tiny_patch16_224", args, num_classes=3, drop_path=0.1).eval()
+    torch.manual_seed(0)
+    theirs = timm.create_model("vit_tiny_patch16_224", num_classes=3, drop_path_rate=0.1, **args).eval()
+    for (k, a), (k2, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k  # same names, same order, same random initialisation
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+        # The masked path (the only private timm call, _pos_embed, inside) with nothing masked is timm's forward.
+        nothing = torch.zeros(2, *ours.patch_grid, dtype=torch.bool)
+        token = torch.randn(ours.embed_dim)
+        torch.testing.assert_close(ours.forward_features(x, nothing, token), theirs.forward_features(x))
+        ours.set_grad_checkpointing(True)
+        torch.testing.assert_close(ours.forward_features(x, nothing, token), theirs.forward_features(x))
+
+
+def test_image_encoder_interface_and_masked_tokens():
+    torch.manual_seed(0)
+    enc = create_encoder("vit_tiny_patch16_224", encoder_model_args(32, depth=1)).eval()
+    assert enc.embed_dim == enc.num_features == 192 and enc.no_weight_decay() and enc.group_matcher()["blocks"]
+    x = torch.randn(2, 3, 32, 32)
+    mask = torch.tensor([[True, False, False, True], [False] * 4]).reshape(2, 1, 2, 2)
+    token = torch.randn(192)
+    with torch.no_grad():
+        # what the blocks see: the masked patch embeddings are the token (before position embeddings)
+        embedded = enc.patch_embed(x)
+        embedded[0, [0, 3]] = token
+        expected = enc.norm(enc.blocks(enc._add_position(embedded)))
+        torch.testing.assert_close(enc.forward_features(x, mask, token), expected)
+    with pytest.raises(ValueError, match="mask_token"):
+        enc.forward_features(x, mask)
 
 
 def test_non_square_image_and_pixel_target():

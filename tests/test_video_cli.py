@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from test_cli import maskfeat, rows
 
 from maskfeat.data import sample_video_folder
-from maskfeat.models.video_vit import create_video_encoder
+from maskfeat.models.registry import create_encoder
 
 REAL = SHARED_DATA / "videos"
 TINY_VIDEO = ["model.name=vit_s", "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "data.image_size=32",
@@ -49,7 +49,7 @@ def test_video_pretrain_then_finetune_with_multiview_evaluation(clips, tmp_path)
     assert meta["pretrained_cfg"] == {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406],
                                       "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "crop_pct": 1.0,
                                       "num_frames": 4, "frame_stride": 2, "num_classes": 0}  # fmt: skip
-    encoder = create_video_encoder(meta["architecture"], meta["model_args"])
+    encoder = create_encoder(meta["architecture"], meta["model_args"])
     encoder.load_state_dict(load_file(pre / "encoder.safetensors"), strict=True)  # the exported loader rebuilds it
 
     ft = tmp_path / "ft"

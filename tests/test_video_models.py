@@ -1,4 +1,4 @@
-"""Video encoders (VideoViT, MViTv2 on torchvision) and the video MaskFeat wrapper, at tiny sizes."""
+"""Video encoders (VideoViT, MViTv2 on torchvision) and MaskFeat on video, at tiny sizes."""
 
 from __future__ import annotations
 
@@ -6,21 +6,20 @@ import io
 import json
 
 import pytest
+import timm
 import torch
 from timm.optim import create_optimizer_v2
 from torchvision.models.video import mvit_v2_s
 from torchvision.models.video.mvit import MViT
 
 from maskfeat.hog import hog_patch_targets
-from maskfeat.models.mvit import MVIT_SIZES, MViTEncoder, build_mvit, load_pretrained_mvit
-from maskfeat.models.video_maskfeat import VideoHOGTarget, VideoMaskFeat, upsample_token_mask
-from maskfeat.models.video_vit import (
-    VIDEO_ARCHITECTURES,
-    VIDEO_VIT_SIZES,
-    VideoViT,
-    create_video_encoder,
-    video_encoder_args,
-)
+from maskfeat.masking import upsample_mask
+from maskfeat.models.maskfeat import MaskFeat, mask_factors, target_patch_size
+from maskfeat.models.mvit import MVIT_SIZES, MViTEncoder, load_pretrained_mvit
+from maskfeat.models.names import VIDEO_ARCHITECTURES
+from maskfeat.models.registry import create_encoder, video_encoder_args
+from maskfeat.models.video_vit import VIDEO_VIT_SIZES, VideoViT
+from maskfeat.targets import HOGTarget
 
 T, S = 4, 32  # clip: 4 frames of 32x32 -> output grid (T/2, S/16, S/16) = (2, 2, 2)
 OUT_GRID = (T // 2, S // 16, S // 16)
@@ -41,9 +40,10 @@ def tiny_args(kind: str, **kw) -> dict:
     return json.loads(json.dumps(args))  # what a checkpoint stores must survive JSON
 
 
-def tiny_encoder(kind: str, pretrain: bool = True, **kw) -> VideoViT | MViTEncoder:
+def tiny_encoder(kind: str, pretrain: bool = True, num_classes: int = 0, **settings) -> VideoViT | MViTEncoder:
+    """``settings`` (e.g. ``head_drop``) ride in the model arguments, as create_encoder allows."""
     extra = {"pretrain": pretrain} if VIDEO_ARCHITECTURES[kind] == "mvit" else {}
-    return create_video_encoder(kind, tiny_args(kind, **extra), **kw)
+    return create_encoder(kind, {**tiny_args(kind, **extra), **settings}, num_classes=num_classes)
 
 
 def clip(batch: int = 2, seed: int = 0) -> torch.Tensor:
@@ -65,7 +65,7 @@ def one_thread():
 @pytest.mark.parametrize("kind", KINDS)
 def test_pretraining_forward_backward_reaches_every_parameter(kind):
     torch.manual_seed(0)
-    model = VideoMaskFeat(tiny_encoder(kind), VideoHOGTarget())
+    model = MaskFeat(tiny_encoder(kind), HOGTarget())
     assert model.output_grid == OUT_GRID
     x = clip()
     mask = torch.zeros(2, *OUT_GRID, dtype=torch.bool)
@@ -86,7 +86,7 @@ def test_pretraining_forward_backward_reaches_every_parameter(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_all_masked_output_ignores_the_video_but_not_the_position(kind):
     torch.manual_seed(0)
-    model = VideoMaskFeat(tiny_encoder(kind), VideoHOGTarget()).eval()
+    model = MaskFeat(tiny_encoder(kind), HOGTarget()).eval()
     a, b = clip(1, seed=1), clip(1, seed=2)
     everything = torch.ones(1, *OUT_GRID, dtype=torch.bool)
     with torch.no_grad():
@@ -100,36 +100,48 @@ def test_all_masked_output_ignores_the_video_but_not_the_position(kind):
 
 def test_mvit_mask_is_upsampled_to_the_patch_embedding_grid():
     mask = torch.tensor([[[[True, False], [False, True]]]])  # (1, 1, 2, 2)
-    up = upsample_token_mask(mask, (1, 8, 8))
+    up = upsample_mask(mask, mask_factors((1, 2, 2), (1, 8, 8)))
     assert up.shape == (1, 1, 8, 8)
     assert up[0, 0, :4, :4].all() and up[0, 0, 4:, 4:].all() and not up[0, 0, :4, 4:].any()
     enc = tiny_encoder("mvit_v2_s")
     assert enc.patch_grid == (T // 2, S // 4, S // 4) and enc.output_grid == OUT_GRID
+    model = MaskFeat(enc, HOGTarget())
+    assert model.mask_factors == (1, 4, 4) and target_patch_size(enc) == (2, 16, 16)
     with pytest.raises(ValueError):
-        upsample_token_mask(mask, (1, 6, 7))
+        mask_factors((1, 2, 2), (1, 6, 7))
+    # What the encoder sees: each masked output token is a fully masked 4x4 block of patch embeddings.
+    seen, encode = [], enc.forward_features
+    enc.forward_features = lambda x, mask, token: seen.append(mask) or encode(x, mask, token)
+    out_mask = torch.zeros(1, *OUT_GRID, dtype=torch.bool)
+    out_mask[0, 1, 0, 1] = True
+    with torch.no_grad():
+        model.forward_features(clip(1), out_mask)
+    expected = torch.zeros(1, *enc.patch_grid, dtype=torch.bool)
+    expected[0, 1, 0:4, 4:8] = True
+    assert torch.equal(seen[0], expected)
 
 
 def test_mvit_presets_match_the_paper_and_torchvision():
     expected = {"mvit_v2_s": (16, 768, 8), "mvit_v2_b": (24, 768, 8), "mvit_v2_l": (48, 1152, 16)}
     for name, (blocks, width, heads) in expected.items():
-        with torch.device("meta"):
-            enc = build_mvit(name, pretrain=True)
+        with torch.device("meta"):  # through timm's registry: the names are registered by maskfeat.models
+            enc = timm.create_model(name, pretrain=True)
         assert len(enc.blocks) == blocks and enc.num_features == width
         assert enc.block_setting[-1].num_heads == heads
         assert enc.output_grid == (8, 14, 14)  # pre-training: stride 16 (T/2 x H/16 x W/16)
         with torch.device("meta"):
-            assert build_mvit(name, pretrain=False).output_grid == (8, 7, 7)
+            assert timm.create_model(name, pretrain=False).output_grid == (8, 7, 7)
     # The fine-tuning MViTv2-S is torchvision's mvit_v2_s, parameter for parameter.
     with torch.device("meta"):
-        ours, theirs = build_mvit("mvit_v2_s", num_classes=400), mvit_v2_s()
+        ours, theirs = timm.create_model("mvit_v2_s", num_classes=400), mvit_v2_s()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     assert sum(p.numel() for p in ours.parameters()) == 34_537_744  # torchvision's documented num_params
 
 
 def test_full_size_mvit_pretrain_to_finetune_load_resizes_only_the_last_stage_tables():
     with torch.device("meta"):
-        pre = build_mvit("mvit_v2_s", pretrain=True)
-        ft = build_mvit("mvit_v2_s", pretrain=False, num_classes=400)
+        pre = timm.create_model("mvit_v2_s", pretrain=True)
+        ft = timm.create_model("mvit_v2_s", pretrain=False, num_classes=400)
     report = load_pretrained_mvit(ft, pre.state_dict())
     assert report.missing_keys == ["head.1.bias", "head.1.weight"]
     assert report.unexpected_keys == []
@@ -143,7 +155,7 @@ def test_full_size_mvit_pretrain_to_finetune_load_resizes_only_the_last_stage_ta
 @pytest.mark.parametrize("kind", list(MVIT_SIZES))
 def test_finetune_mvit_loads_the_pretrained_weights_and_classifies(kind):
     torch.manual_seed(0)
-    pre = VideoMaskFeat(tiny_encoder(kind, pretrain=True), VideoHOGTarget())
+    pre = MaskFeat(tiny_encoder(kind, pretrain=True), HOGTarget())
     ft = tiny_encoder(kind, pretrain=False, num_classes=5, head_drop=0.0)
     assert ft.output_grid == (T // 2, S // 32, S // 32)
     report = load_pretrained_mvit(ft, pre.state_dict())
@@ -194,13 +206,13 @@ def test_mvit_classification_equals_torchvision_forward():
 def test_export_and_rebuild_from_json_args_gives_identical_outputs(kind):
     torch.manual_seed(0)
     args = tiny_args(kind)
-    enc = create_video_encoder(kind, args, num_classes=3).eval()
+    enc = create_encoder(kind, args, num_classes=3).eval()
     buf = io.BytesIO()
     torch.save({"kind": kind, "args": json.dumps(args), "state_dict": enc.state_dict()}, buf)
     buf.seek(0)
     saved = torch.load(buf)
     torch.manual_seed(1)  # another initialisation, overwritten by the weights
-    rebuilt = create_video_encoder(saved["kind"], json.loads(saved["args"]), num_classes=3).eval()
+    rebuilt = create_encoder(saved["kind"], json.loads(saved["args"]), num_classes=3).eval()
     rebuilt.load_state_dict(saved["state_dict"])
     x = clip()
     mask = torch.rand(2, *enc.patch_grid, generator=torch.Generator().manual_seed(0)) < 0.5
@@ -233,12 +245,18 @@ def test_gradient_checkpointing_gives_the_same_result(kind):
     torch.manual_seed(0)
     enc = tiny_encoder(kind).train()
     x = clip()
-    plain = enc.forward_features(x)
-    enc.set_grad_checkpointing(True)
-    checkpointed = enc.forward_features(x)
+    grads = []
+    for checkpointing in (False, True):
+        enc.set_grad_checkpointing(checkpointing)
+        enc.zero_grad()
+        out = enc.forward_features(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in enc.named_parameters() if p.grad is not None}))
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = grads
     torch.testing.assert_close(plain, checkpointed)
-    checkpointed.sum().backward()
-    assert enc.blocks[0].norm1.weight.grad is not None
+    assert plain_grads.keys() == checkpointed_grads.keys() and "blocks.0.norm1.weight" in plain_grads
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], g, msg=name)
 
 
 def test_video_vit_presets_and_other_clip_lengths():
@@ -248,18 +266,18 @@ def test_video_vit_presets_and_other_clip_lengths():
         "vit_l": (1024, 24, 16),
     }
     with torch.device("meta"):
-        vit_b = create_video_encoder("vit_b", video_encoder_args("vit_b"))
+        vit_b = create_encoder("vit_b", video_encoder_args("vit_b"))
     assert vit_b.patch_grid == (8, 14, 14) and vit_b.pos_embed_spatial.shape == (1, 196, 768)
     enc = tiny_encoder("vit_s")
     # the separable position embeddings resample to another clip length / size
     out = enc.forward_features(torch.randn(1, 3, 2 * T, 2 * S, S))
-    assert out.shape == (1, T * 4 * 2, 32)
+    assert out.shape == (1, 1 + T * 4 * 2, 32)  # the class token first, as timm's forward_features
 
 
 def test_pretraining_weight_decay_groups_exclude_tokens_and_relative_position_tables():
     from maskfeat.optim import build_optimizer
 
-    model = VideoMaskFeat(tiny_encoder("mvit_v2_s"), VideoHOGTarget())
+    model = MaskFeat(tiny_encoder("mvit_v2_s"), HOGTarget())
     opt = build_optimizer(model, lr=1e-3, weight_decay=0.05)
     decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     params = dict(model.named_parameters())
@@ -276,7 +294,7 @@ def test_video_pixel_target_is_each_space_time_patch_normalised(kind):
 
     torch.manual_seed(0)
     target = build_target("pixel", 16, temporal_patch=2)
-    model = VideoMaskFeat(tiny_encoder(kind), target)
+    model = MaskFeat(tiny_encoder(kind), target)
     x = clip()
     mask = torch.zeros(2, *OUT_GRID, dtype=torch.bool)
     mask[:, 1] = True
@@ -295,3 +313,18 @@ def test_video_pixel_target_is_each_space_time_patch_normalised(kind):
                     n += 1
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_video_encoders_are_in_timms_registry_with_the_encoder_interface():
+    # timm has no model of these names (its MViTv2 is mvitv2_small, ...): ours are the ones registered.
+    assert type(timm.create_model("vit_s", **tiny_args("vit_s"))) is VideoViT
+    for kind in KINDS:
+        enc = tiny_encoder(kind)
+        assert len(enc.patch_grid) == len(enc.output_grid) == len(enc.clip_size) == 3, kind
+        assert enc.clip_size == (T, S, S) and enc.output_grid == OUT_GRID
+        assert enc.embed_dim > 0 and enc.num_features > 0
+        assert enc.no_weight_decay() and enc.group_matcher()["blocks"]
+        tokens = enc.forward_features(clip(1))
+        assert tokens.shape == (1, enc.num_prefix_tokens + N_OUT, enc.num_features)
+    with pytest.raises(ValueError, match="no downloadable weights"):
+        timm.create_model("mvit_v2_s", pretrained=True)

@@ -10,6 +10,7 @@
 Errors print one line (``maskfeat: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
 A run stopped by SIGTERM / SIGUSR1 saves a checkpoint and exits with status 75 (EX_TEMPFAIL): rerun to resume.
 Ctrl-C does the same (exit status 130); a second Ctrl-C stops at once, losing the work since the last checkpoint.
+Each command imports its modules when it runs: ``--help`` and a config error never import torch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from maskfeat.engine import Preempted
+from maskfeat.errors import Interrupted, NonFiniteLossError, Preempted
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: try again (resume)
 
@@ -126,15 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         _say("maskfeat: interrupted")
         return 130
     except Preempted as e:
-        from maskfeat.runner import Interrupted  # loaded already: the training loop raised it
-
         _say(f"maskfeat: {e}")
         return 130 if isinstance(e, Interrupted) else PREEMPTED_EXIT
     except Exception as e:  # one line for the user; the traceback with --debug
         if getattr(args, "debug", False):
             raise
-        from maskfeat.engine import NonFiniteLossError
-
         expected = isinstance(e, (ValueError, OSError, NonFiniteLossError))
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not expected:

@@ -15,17 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-class Preempted(Exception):
-    """SIGTERM / SIGUSR1 arrived: a checkpoint was saved at the step boundary and the run stops."""
-
-    def __init__(self, step: int):
-        super().__init__(f"stopped by a signal at step {step}; checkpoint saved, rerun the same command to resume")
-        self.step = step
+from maskfeat.errors import NonFiniteLossError, Preempted
 
 
 @dataclass

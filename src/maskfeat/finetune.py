@@ -41,9 +41,10 @@ from maskfeat.data.video import VideoDataset
 from maskfeat.data.video_transforms import VideoTrainTransform
 from maskfeat.engine import evaluate
 from maskfeat.masking import MaskCollator
-from maskfeat.models import create_encoder, encoder_model_args
 from maskfeat.models.mvit import MViTEncoder, load_pretrained_mvit
-from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder
+from maskfeat.models.names import VIDEO_ARCHITECTURES
+from maskfeat.models.registry import create_encoder
+from maskfeat.models.vit import encoder_model_args
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.pretrain import is_video, steps_per_epoch, video_model_args
 from maskfeat.runner import Job, amp_dtype, fit, make_loader, setup_run, shard_model, wrap_for_training
@@ -145,10 +146,9 @@ def build_classifier(meta: dict, kind: str, drop_path: float = 0.0) -> nn.Module
     (finetune) or a frozen encoder with a BatchNorm + linear head (linprobe). ``model_args`` holds ``num_classes``."""
     args = dict(meta["model_args"])
     num_classes = args.pop("num_classes")
-    create = create_video_encoder if meta["architecture"] in VIDEO_ARCHITECTURES else create_encoder
     if kind == "finetune":
-        return create(meta["architecture"], args, num_classes=num_classes, drop_path=drop_path)
-    model = create(meta["architecture"], args, num_classes=0)
+        return create_encoder(meta["architecture"], args, num_classes=num_classes, drop_path=drop_path)
+    model = create_encoder(meta["architecture"], args, num_classes=0)
     dim = model.num_features
     model.head = nn.Sequential(nn.BatchNorm1d(dim, affine=False, eps=1e-6), nn.Linear(dim, num_classes))
     model.num_classes = num_classes

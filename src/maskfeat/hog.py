@@ -25,10 +25,10 @@ float32 ops and the histograms agree up to float32 rounding. Only the gradients 
   rounding error of ``gx`` picks the bin. They are common in 8-bit photographs: 1.9-16% of the pixels of six
   scikit-image photos and of 200 CIFAR-10 images. On integer-valued input (pixel values 0..255) every gradient is
   an exact sum of integers, here as with ``conv2d``, and every bin is exact. On the normalised input the model
-  sees, ``(x / 255 - mean) / std``, neither is exact: on the same images 0.2-0.7% of the pixels that have a
-  gradient land in the other bin here (0.2-0.9% with ``conv2d``), all of them pixels with ``gx = 0``; that changes
+  sees, ``(x / 255 - mean) / std``, neither is exact: on the same images 0.2-0.7% of all pixels (each with a
+  gradient) land in the other bin here (0.2-0.9% with ``conv2d``), all of them pixels with ``gx = 0``; that changes
   12-31% of the cell histograms by more than 1e-3 (``conv2d``: 13-38%), and the two implementations differ on
-  5-27% of the cells. No pixel whose exact ``gx`` is non-zero was binned differently.
+  5-27% of the cells (``bench/hog_exactness.py``). No pixel whose exact ``gx`` is non-zero was binned differently.
 * Flat regions: the difference of two equal pixels is exactly zero here, so a cell without any gradient gets an
   all-zero histogram; ``conv2d``'s tap-by-tap sum can leave rounding noise there, which normalisation turns into
   an arbitrary unit histogram (60-100% of the flat cells of those photos, on normalised input).

@@ -18,10 +18,10 @@ from maskfeat.data import ImageDataset, pretrain_transform
 from maskfeat.data.video import VideoDataset
 from maskfeat.data.video_transforms import VideoTrainTransform
 from maskfeat.masking import MaskCollator
-from maskfeat.models import MaskFeat, create_encoder, encoder_model_args, encoder_patch_size
-from maskfeat.models.maskfeat import mean_target_mse
-from maskfeat.models.video_maskfeat import VideoMaskFeat
-from maskfeat.models.video_vit import VIDEO_ARCHITECTURES, create_video_encoder, video_encoder_args
+from maskfeat.models.maskfeat import MaskFeat, mean_target_mse, target_patch_size
+from maskfeat.models.names import VIDEO_ARCHITECTURES
+from maskfeat.models.registry import create_encoder, video_encoder_args
+from maskfeat.models.vit import encoder_model_args
 from maskfeat.optim import build_optimizer, build_scheduler, scaled_lr
 from maskfeat.runner import Job, amp_dtype, data_folder, fit, make_loader, setup_run, shard_model, wrap_for_training
 from maskfeat.targets import build_target
@@ -48,32 +48,26 @@ def build_model(cfg: DictConfig) -> tuple[torch.nn.Module, dict]:
     m, t = cfg.model, cfg.target
     if is_video(cfg):
         args = video_model_args(cfg, pretrain=True)
-        encoder = create_video_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
-        target = build_target(t.name, 16, in_chans=3, nbins=t.nbins, cell_size=t.cell_size, temporal_patch=2,
-                              frame_index=t.frame_index, gaussian_window=t.gaussian_window,
-                              norm_pix=t.norm_pix)  # fmt: skip
-        model = VideoMaskFeat(encoder, target)
     else:
         # Pooled as maskfeat probes it: the average of the final-norm patch tokens. fc_norm=False keeps the final
         # norm where it is (same weights, same state_dict keys as timm's default token pooling).
         args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads,
                                   global_pool="avg", fc_norm=False)  # fmt: skip
-        encoder = create_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
-        patch = encoder_patch_size(m.name, m.patch_size)
-        target = build_target(t.name, patch, in_chans=3, nbins=t.nbins, cell_size=t.cell_size,
-                              gaussian_window=t.gaussian_window, norm_pix=t.norm_pix)  # fmt: skip
-        model = MaskFeat(encoder, target)
+    encoder = create_encoder(m.name, args, num_classes=0, drop_path=m.drop_path)
+    frames, patch, _ = target_patch_size(encoder)  # the target's patches are the encoder's output tokens
+    target = build_target(t.name, patch, in_chans=3, nbins=t.nbins, cell_size=t.cell_size, temporal_patch=frames,
+                          frame_index=t.frame_index, gaussian_window=t.gaussian_window,
+                          norm_pix=t.norm_pix)  # fmt: skip
+    model = MaskFeat(encoder, target)
     if m.grad_checkpointing:
         encoder.set_grad_checkpointing(True)
     return model, {"architecture": m.name, "model_args": args}
 
 
 def token_grid(cfg: DictConfig, model: torch.nn.Module) -> tuple[int, ...]:
-    """The grid the masks are drawn on: (h, w) patches for images, the output grid (T/2, H/16, W/16) for video."""
-    if is_video(cfg):
-        return tuple(model.output_grid)
-    patch = encoder_patch_size(cfg.model.name, cfg.model.patch_size)
-    return (cfg.data.image_size // patch, cfg.data.image_size // patch)
+    """The grid the masks are drawn on: the model's output grid, (T/2, H/16, W/16) for video, (h, w) for images."""
+    grid = tuple(model.output_grid)
+    return grid if is_video(cfg) else grid[1:]
 
 
 def mask_type(cfg: DictConfig, video: bool) -> str:

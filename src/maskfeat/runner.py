@@ -26,7 +26,8 @@ from maskfeat import checkpoint as ckpt_io
 from maskfeat.config import Config, ConfigError, to_yaml
 from maskfeat.data import SeededSampler, sample_image_folder, sample_video_folder
 from maskfeat.distributed import all_gather_lists, cleanup, init_distributed, is_main_process, local_rank
-from maskfeat.engine import LoopOptions, LoopStats, Preempted, train_one_epoch
+from maskfeat.engine import LoopOptions, LoopStats, train_one_epoch
+from maskfeat.errors import Interrupted, Preempted
 from maskfeat.tracking import RunLog
 
 log = logging.getLogger("maskfeat")
@@ -226,14 +227,6 @@ def gather_rng_states() -> list[dict]:
     states: list = [None] * dist.get_world_size()
     dist.all_gather_object(states, state)
     return states
-
-
-class Interrupted(Preempted):
-    """A first Ctrl-C (SIGINT) stopped the run: a checkpoint was saved at the step boundary (exit status 130)."""
-
-    def __init__(self, step: int):
-        Exception.__init__(self, f"interrupted at step {step}; checkpoint saved, rerun the same command to resume")
-        self.step = step
 
 
 def _ignore_sigint(worker_id: int) -> None:
@@ -487,7 +480,7 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
             "rng": rngs[0],
             "rng_ranks": rngs,
             "sharded": job.sharded,
-            "config": OmegaConf.to_container(cfg),
+            "config": OmegaConf.to_container(cfg, enum_to_str=True),
             "best": best,
             **job.extra,
         }

@@ -19,9 +19,8 @@ from maskfeat import checkpoint as ckpt_io
 from maskfeat.config import Config, ConfigError
 from maskfeat.data import ImageDataset, denormalize, eval_transform
 from maskfeat.masking import get_mask_function
-from maskfeat.models import encoder_patch_size
-from maskfeat.models.maskfeat import masked_mse, mean_target_mse
-from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
+from maskfeat.models.maskfeat import masked_mse, mean_target_mse, target_patch_size
+from maskfeat.models.names import VIDEO_ARCHITECTURES
 from maskfeat.tracking import baseline_note
 
 log = logging.getLogger("maskfeat")
@@ -140,8 +139,8 @@ def run_visualize(cfg: DictConfig) -> list[str]:
     model.load_state_dict(state["model"])
     model.eval()
     size = run_cfg.data.image_size
-    patch = encoder_patch_size(run_cfg.model.name, run_cfg.model.patch_size)
-    grid = (size // patch, size // patch)
+    patch = target_patch_size(model.encoder)[-1]
+    grid = tuple(model.output_grid[1:])  # (h, w): an image is a one-frame clip
     dataset = ImageDataset(data_folder(cfg), eval_transform(size, crop_pct=1.0))
     mask_fn = get_mask_function(mask_type(cfg, video=False))
     out_dir = os.path.join(cfg.output_dir, "visualize")

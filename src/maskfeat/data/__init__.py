@@ -1,4 +1,16 @@
-"""Image data: folder scanning, robust decoding, seeded dataset and sampler, transforms, built-in sample data."""
+"""Data: one module per concept.
+
+- :mod:`~maskfeat.data.sources`: finding samples (folders, CSV / Kinetics lists) and the labeled-files base;
+- :mod:`~maskfeat.data.sampler`: per-sample seeds and the seeded, sharded, resumable sampler;
+- :mod:`~maskfeat.data.images`: image decoding and the image data set;
+- :mod:`~maskfeat.data.clips`: clip sampling; :mod:`~maskfeat.data.decode`: video decoding behind one reader interface
+  (:mod:`~maskfeat.data.probe`, :mod:`~maskfeat.data.pyav_reader`, :mod:`~maskfeat.data.torchcodec_reader`);
+  :mod:`~maskfeat.data.video`: the video data set;
+- :mod:`~maskfeat.data.transforms`, :mod:`~maskfeat.data.video_transforms`: augmentations;
+  :mod:`~maskfeat.data.sample`: built-in sample data.
+
+The image-side names are re-exported here.
+"""
 
 from .images import (
     IMAGE_EXTENSIONS,

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import to_2tuple
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as F
 
@@ -51,13 +52,18 @@ class PILToUint8Tensor:
 
 
 class NormalizeUint8:
-    """uint8 tensor ``(3, H, W)`` in 0..255 -> float32 ``(x / 255 - mean) / std``, fused into one subtract-multiply."""
+    """uint8 tensor ``(..., 3, H, W)`` in 0..255 -> float32 ``(x / 255 - mean) / std`` per channel, fused into one
+    subtract-multiply. :class:`maskfeat.data.video_transforms.NormalizeVideoUint8` is the same on clips."""
+
+    #: Dimensions after the channel one (H, W); a clip ``(3, T, H, W)`` has three.
+    spatial_dims = 2
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
-        self._offset = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
-        self._scale = 1.0 / (torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1) * 255.0)
+        shape = (3,) + (1,) * self.spatial_dims
+        self._offset = torch.tensor(self.mean, dtype=torch.float32).view(shape) * 255.0
+        self._scale = 1.0 / (torch.tensor(self.std, dtype=torch.float32).view(shape) * 255.0)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float32) - self._offset).mul_(self._scale).as_subclass(torch.Tensor)
@@ -106,11 +112,12 @@ class RandomResizedCropFlip:
         )
 
 
-def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(image_size, int):
-        return image_size, image_size
-    height, width = image_size
-    return int(height), int(width)
+def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of an output size given as one side or a pair (``timm.layers.to_2tuple``), positive."""
+    height, width = (int(side) for side in to_2tuple(size))
+    if min(height, width) < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    return height, width
 
 
 def pretrain_transform(
@@ -136,7 +143,7 @@ def pretrain_transform(
     return v2.Compose(
         [
             PILToUint8Tensor(),
-            RandomResizedCropFlip(_size_pair(image_size), scale=scale, ratio=ratio, hflip=hflip),
+            RandomResizedCropFlip(size_pair(image_size), scale=scale, ratio=ratio, hflip=hflip),
             NormalizeUint8(),
         ]
     )
@@ -157,7 +164,7 @@ def eval_transform(image_size: int | Sequence[int], crop_pct: float = 0.875) -> 
     """
     if not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
-    height, width = _size_pair(image_size)
+    height, width = size_pair(image_size)
     if height == width:
         resize: int | list[int] = math.floor(height / crop_pct)
     else:

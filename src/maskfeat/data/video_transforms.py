@@ -11,26 +11,25 @@ The randomness comes from torch's global RNG, which :class:`maskfeat.data.video.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import InterpolationMode
+from torchvision import tv_tensors
+from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms.v2 import InterpolationMode, RandomErasing
 from torchvision.transforms.v2 import functional as F
 
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, NormalizeUint8, size_pair
 
 __all__ = [
     "NormalizeVideoUint8",
     "VideoEvalTransform",
     "VideoTrainTransform",
-    "erase_cube",
+    "erase_clip",
     "spatial_crop_offsets",
-    "video_eval_transform",
-    "video_train_transform",
 ]
 
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
@@ -52,22 +51,15 @@ def _as_frames(clip: torch.Tensor) -> torch.Tensor:
     return clip.permute(0, 3, 1, 2)
 
 
-class NormalizeVideoUint8:
-    """uint8 frames ``(T, 3, H, W)`` in 0..255 -> float32 ``(3, T, H, W)``, ``(x / 255 - mean) / std`` per channel."""
+class NormalizeVideoUint8(NormalizeUint8):
+    """uint8 frames ``(T, 3, H, W)`` in 0..255 -> float32 ``(3, T, H, W)``, ``(x / 255 - mean) / std`` per channel
+    (:class:`~maskfeat.data.transforms.NormalizeUint8` on the clip in the model's layout)."""
 
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self._offset = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
-        self._scale = 1.0 / (torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1, 1) * 255.0)
+    spatial_dims = 3
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         # Transpose while still uint8 (4x less memory traffic than transposing floats), then one fused sub-mul.
-        channels_first = frames.permute(1, 0, 2, 3).contiguous()
-        return (channels_first.to(torch.float32) - self._offset).mul_(self._scale)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean={self.mean}, std={self.std})"
+        return super().__call__(frames.permute(1, 0, 2, 3).contiguous())
 
 
 class VideoTrainTransform:
@@ -97,7 +89,7 @@ class VideoTrainTransform:
             fine-tuning recipe) applied **consistently across the clip's frames**: one draw of operations,
             magnitudes and signs per clip, replayed on every frame. None = off (pre-training).
         reprob: probability of random erasing (fine-tuning): one box per clip, the same in every frame (a cube),
-            filled with per-pixel normal noise in the normalised space (timm's ``pixel`` mode).
+            filled with per-pixel normal noise in the normalised space (timm's ``pixel`` mode); see :func:`erase_clip`.
 
     Call with a uint8 clip ``(T, H, W, 3)``; returns float32 ``(3, T, crop_h, crop_w)``.
     """
@@ -115,7 +107,7 @@ class VideoTrainTransform:
         auto_augment: str | None = None,
         reprob: float = 0.0,
     ) -> None:
-        self.size = _size_pair(crop_size)
+        self.size = size_pair(crop_size)
         lo, hi = int(short_side[0]), int(short_side[1])
         if not 0 < lo <= hi:
             raise ValueError(f"short_side must be a range 0 < min <= max, got {short_side}")
@@ -139,6 +131,8 @@ class VideoTrainTransform:
         if not 0.0 <= reprob <= 1.0:
             raise ValueError(f"reprob must be in [0, 1], got {reprob}")
         self.reprob = float(reprob)
+        # timm's RandomErasing defaults (area 2%-1/3, aspect 0.3-3.3, 10 tries), per-pixel noise; None when off.
+        self.erasing = RandomErasing(self.reprob, (0.02, 1 / 3), (0.3, 1 / 0.3), "random") if self.reprob > 0 else None
 
     def get_params(self, height: int, width: int) -> tuple[int, int, int, int, bool]:
         """Draws one clip's parameters from torch's global RNG.
@@ -158,7 +152,8 @@ class VideoTrainTransform:
             top = int(torch.randint(0, jit_h - box_h + 1, (1,)).item())
             left = int(torch.randint(0, jit_w - box_w + 1, (1,)).item())
         else:
-            top, left, box_h, box_w = _random_resized_crop_params(jit_h, jit_w, self.scale, self.ratio)
+            frame = torch.empty(1, 1, 1).expand(1, jit_h, jit_w)  # get_params reads only the size
+            top, left, box_h, box_w = RandomResizedCrop.get_params(frame, list(self.scale), list(self.ratio))
         flip = bool(torch.rand(1).item() < self.hflip)
         # Map the box back to the source frame (float edges rounded, then clamped inside the frame).
         y0, x0 = round(top / factor), round(left / factor)
@@ -178,8 +173,8 @@ class VideoTrainTransform:
         if self.rand_augment is not None:
             out = self._rand_augment_clip(out)
         out = self.normalize(out)
-        if self.reprob > 0 and torch.rand(1).item() < self.reprob:
-            erase_cube(out)
+        if self.erasing is not None:
+            out = erase_clip(out, self.erasing)
         return out
 
     def _rand_augment_clip(self, frames: torch.Tensor) -> torch.Tensor:
@@ -203,20 +198,12 @@ class VideoTrainTransform:
         )
 
 
-def erase_cube(clip: torch.Tensor, scale: tuple[float, float] = (0.02, 1 / 3), ratio: float = 0.3) -> None:
-    """Random erasing of one box, the same in every frame of a normalised ``(C, T, H, W)`` clip, in place: area
-    ``U(scale)`` of the frame, log-uniform aspect ratio in ``(ratio, 1 / ratio)`` (timm's defaults, 10 tries), filled
-    with per-pixel standard normal noise (timm's ``pixel`` mode) that is the same in every frame."""
-    c, _, h, w = clip.shape
-    for _ in range(10):
-        area = h * w * torch.empty(1).uniform_(*scale).item()
-        aspect = math.exp(torch.empty(1).uniform_(math.log(ratio), -math.log(ratio)).item())
-        eh, ew = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < eh < h and 0 < ew < w:
-            top = int(torch.randint(0, h - eh + 1, (1,)).item())
-            left = int(torch.randint(0, w - ew + 1, (1,)).item())
-            clip[:, :, top : top + eh, left : left + ew] = torch.randn(c, 1, eh, ew, dtype=clip.dtype)
-            return
+def erase_clip(clip: torch.Tensor, erasing: RandomErasing) -> torch.Tensor:
+    """torchvision's ``RandomErasing`` on a normalised clip ``(C, T, H, W)``, as a ``tv_tensors.Video``: with its
+    probability, one box (the same in every frame: a cube) filled with its values (``"random"``: per-pixel standard
+    normal noise, the same in every frame). Returns the clip, erased or not, in the same layout."""
+    video = tv_tensors.Video(clip.transpose(0, 1))  # (T, C, H, W)
+    return erasing(video).as_subclass(torch.Tensor).transpose(0, 1)
 
 
 def spatial_crop_offsets(length: int, size: int, num_crops: int) -> list[int]:
@@ -302,66 +289,3 @@ class VideoEvalTransform:
             f"{type(self).__name__}(crop_size={self.crop_size}, num_crops={self.num_crops}, "
             f"interpolation={self.interpolation})"
         )
-
-
-def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        pair = (size, size)
-    else:
-        pair = (int(size[0]), int(size[1]))
-    if min(pair) < 1:
-        raise ValueError(f"crop size must be positive, got {size}")
-    return pair
-
-
-def _random_resized_crop_params(
-    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
-) -> tuple[int, int, int, int]:
-    """torchvision's ``RandomResizedCrop.get_params`` on a ``height x width`` frame, from torch's global RNG."""
-    area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
-    for _ in range(10):
-        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
-        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item())
-        w = int(round(math.sqrt(target_area * aspect)))
-        h = int(round(math.sqrt(target_area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, size=(1,)).item())
-            left = int(torch.randint(0, width - w + 1, size=(1,)).item())
-            return top, left, h, w
-    # Fallback: centre crop clamped to the ratio range.
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def video_train_transform(
-    crop_size: int | Sequence[int] = 224,
-    short_side: tuple[int, int] = (256, 320),
-    scale: tuple[float, float] | None = (0.5, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    hflip: float = 0.5,
-    interpolation: str = "bilinear",
-) -> VideoTrainTransform:
-    """The MaskFeat Kinetics pre-training augmentation (see :class:`VideoTrainTransform`).
-
-    Returns:
-        A callable mapping a uint8 clip ``(T, H, W, 3)`` to a normalised float32 tensor ``(3, T, H', W')``.
-    """
-    return VideoTrainTransform(crop_size, short_side, scale, ratio, hflip, interpolation)
-
-
-def video_eval_transform(
-    crop_size: int = 224, num_crops: int = 1, interpolation: str = "bilinear"
-) -> VideoEvalTransform:
-    """Evaluation views (see :class:`VideoEvalTransform`).
-
-    Returns:
-        A callable mapping a uint8 clip ``(T, H, W, 3)`` to float32 ``(num_crops, 3, T, crop_size, crop_size)``.
-    """
-    return VideoEvalTransform(crop_size, num_crops, interpolation)

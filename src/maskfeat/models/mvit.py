@@ -28,6 +28,10 @@ token; with ``rel_pos_embed=True`` it holds no absolute position embedding), ``b
 called as ``block(x, thw) -> (x, thw)``), ``norm`` and ``head`` (``Sequential(Dropout, Linear)``); the attention's
 ``rel_pos_h/w/t`` parameter names; and ``MSBlockConfig``. We do not call ``MViT.forward`` (it assumes the default
 clip size and always classifies), but run the same steps, inserting the [MASK] token after ``conv_proj``.
+
+The sizes are registered in timm's registry as ``mvit_v2_s``, ``mvit_v2_b``, ``mvit_v2_l`` (timm's own MViTv2
+models are ``mvitv2_small`` etc., other names and other modules: no clash), e.g.
+``timm.create_model("mvit_v2_s", pretrain=True)``.
 """
 
 from __future__ import annotations
@@ -41,18 +45,16 @@ import torch.utils.checkpoint
 from torch import nn
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 
-from maskfeat.models.video_vit import _pair, apply_token_mask
+from maskfeat.models.layers import apply_token_mask, pair, register_sizes
 
 __all__ = [
     "MVIT_SIZES",
     "MViTEncoder",
     "MViTLoadReport",
-    "build_mvit",
-    "create_mvit",
     "load_pretrained_mvit",
     "mvit_args",
     "mvit_block_settings",
-]
+]  # + the entrypoints mvit_v2_s, mvit_v2_b, mvit_v2_l
 
 MVIT_SIZES: dict[str, dict[str, Any]] = {
     "mvit_v2_s": {"depths": [1, 2, 11, 2], "embed_dim": 96, "num_heads": 1},
@@ -132,7 +134,7 @@ class MViTEncoder(nn.Module):
         num_frames: Clip length T.
         pretrain: Pre-training variant: the last stage keeps stride 16 (see :func:`mvit_block_settings`).
         num_classes: Classifier outputs, 0 = none.
-        drop_path: Stochastic depth of the last block (torchvision: linear in the block index from 0).
+        drop_path_rate: Stochastic depth of the last block (torchvision: linear in the block index from 0).
         head_drop: Dropout before the classifier (torchvision's default 0.5).
         global_pool: ``'token'`` (the class token, as torchvision) or ``'avg'`` (mean of the patch tokens).
     """
@@ -146,14 +148,14 @@ class MViTEncoder(nn.Module):
         num_frames: int = 16,
         pretrain: bool = False,
         num_classes: int = 0,
-        drop_path: float = 0.0,
+        drop_path_rate: float = 0.0,
         head_drop: float = 0.5,
         global_pool: str = "token",
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
-        H, W = _pair(img_size)
+        H, W = pair(img_size)
         self.block_setting = mvit_block_settings(depths, embed_dim, num_heads, pretrain=pretrain)
         if len(self.block_setting) < 2:
             raise ValueError("torchvision's MViT needs at least two blocks (its drop-path schedule divides by n - 1)")
@@ -166,7 +168,7 @@ class MViTEncoder(nn.Module):
             rel_pos_embed=True,  # MViTv2's decomposed relative position embeddings (no absolute ones)
             proj_after_attn=True,  # width changes inside the attention ("dim_mul_in_att")
             dropout=head_drop,
-            stochastic_depth_prob=drop_path,
+            stochastic_depth_prob=drop_path_rate,
             num_classes=max(num_classes, 1),
             patch_embed_kernel=PATCH_KERNEL,
             patch_embed_stride=PATCH_STRIDE,
@@ -186,6 +188,7 @@ class MViTEncoder(nn.Module):
         self.embed_dim = embed_dim  # width of the patch embedding (and of the mask token)
         self.num_features = self.block_setting[-1].output_channels  # width of the output tokens
         self.grad_checkpointing = False
+        self.clip_size = (int(num_frames), H, W)  # the input (T, H, W) the model is built for
         self.patch_grid = (
             _conv_out(num_frames, PATCH_KERNEL[0], PATCH_STRIDE[0], PATCH_PADDING[0]),
             _conv_out(H, PATCH_KERNEL[1], PATCH_STRIDE[1], PATCH_PADDING[1]),
@@ -216,10 +219,10 @@ class MViTEncoder(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def forward_tokens(
+    def forward_features(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Encodes a clip; returns every token after the final norm, the class token first.
+        """Encodes a clip; returns every token after the final norm, the class token first, as timm.
 
         Args:
             x: (B, 3, T, H, W) clip.
@@ -244,14 +247,8 @@ class MViTEncoder(nn.Module):
                 x, thw = block(x, thw)
         return self.norm(x)
 
-    def forward_features(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Like :meth:`forward_tokens` but the patch tokens only: (B, N_out, num_features), class token dropped."""
-        return self.forward_tokens(x, mask, mask_token)[:, self.num_prefix_tokens :]
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pools the output of :meth:`forward_tokens` (B, 1 + N, D) and classifies: (B, num_classes)."""
+        """Pools the output of :meth:`forward_features` (B, 1 + N, D) and classifies: (B, num_classes)."""
         x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
         if pre_logits:
             return x
@@ -259,11 +256,11 @@ class MViTEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classifies a clip (B, 3, T, H, W) -> (B, num_classes) (pooled features when num_classes == 0)."""
-        return self.forward_head(self.forward_tokens(x))
+        return self.forward_head(self.forward_features(x))
 
 
 # -------------------------------------------------------------------------------------------------------------------
-# Building, rebuilding from JSON-able arguments, and loading pre-trained weights
+# JSON-able arguments, the timm entrypoints, and loading pre-trained weights
 # -------------------------------------------------------------------------------------------------------------------
 
 
@@ -290,37 +287,14 @@ def mvit_args(
         "depths": [int(d) for d in arch["depths"]],
         "embed_dim": int(arch["embed_dim"]),
         "num_heads": int(arch["num_heads"]),
-        "img_size": list(_pair(img_size)),
+        "img_size": list(pair(img_size)),
         "num_frames": int(num_frames),
         "pretrain": bool(pretrain),
         "global_pool": global_pool,
     }
 
 
-def create_mvit(
-    args: dict[str, Any], num_classes: int = 0, drop_path: float = 0.0, head_drop: float = 0.5
-) -> MViTEncoder:
-    """An :class:`MViTEncoder` rebuilt from :func:`mvit_args` output plus the training settings."""
-    return MViTEncoder(**args, num_classes=num_classes, drop_path=drop_path, head_drop=head_drop)
-
-
-def build_mvit(
-    size: str = "mvit_v2_s",
-    num_frames: int = 16,
-    img_size: int | Sequence[int] = 224,
-    num_classes: int = 0,
-    drop_path: float = 0.0,
-    pretrain: bool = False,
-    head_drop: float = 0.5,
-    global_pool: str = "token",
-    **overrides: Any,
-) -> MViTEncoder:
-    """MViTv2 ``size`` for MaskFeat pre-training (``pretrain=True``: output at T/2 x H/16 x W/16) or fine-tuning
-    (``pretrain=False``: the standard MViTv2, output at T/2 x H/32 x W/32). ``overrides``: see :func:`mvit_args`."""
-    args = mvit_args(
-        size, img_size=img_size, num_frames=num_frames, pretrain=pretrain, global_pool=global_pool, **overrides
-    )
-    return create_mvit(args, num_classes=num_classes, drop_path=drop_path, head_drop=head_drop)
+register_sizes(MViTEncoder, MVIT_SIZES, __name__)  # timm.create_model("mvit_v2_s" | "mvit_v2_b" | "mvit_v2_l", ...)
 
 
 class MViTLoadReport(NamedTuple):

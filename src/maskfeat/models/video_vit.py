@@ -9,36 +9,28 @@ Position embeddings are *separable*, as SlowFast's video ViT option ``SEP_POS_EM
 rows instead of ``T'H'W'``, and each part can be resampled on its own when a model is fine-tuned with another
 number of frames or another resolution.
 
-This module also holds the small registry of video encoders (:data:`VIDEO_ARCHITECTURES`): every encoder is
-rebuilt from a JSON-able dict of architecture arguments (:func:`video_encoder_args`, :func:`create_video_encoder`),
-which is what a checkpoint stores next to the weights.
+The sizes ``vit_s``, ``vit_b``, ``vit_l`` are registered in timm's registry (``timm.create_model("vit_b",
+**video_vit_args("vit_b"))``); timm has no model of these names. ``maskfeat.models.registry.create_encoder`` builds
+them with the image and MViT encoders from the JSON-able arguments a checkpoint stores next to the weights.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
-from timm.models._manipulate import checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import nn
 
-if TYPE_CHECKING:
-    from maskfeat.models.mvit import MViTEncoder
+from maskfeat.models.layers import apply_token_mask, pair, register_sizes
+from maskfeat.models.names import VIDEO_ARCHITECTURES  # noqa: F401  (re-exported for older imports)
 
-__all__ = [
-    "VIDEO_ARCHITECTURES",
-    "VIDEO_VIT_SIZES",
-    "VideoViT",
-    "create_video_encoder",
-    "create_video_vit",
-    "video_encoder_args",
-    "video_vit_args",
-]
+__all__ = ["VIDEO_VIT_SIZES", "VideoViT", "video_vit_args"]  # + the entrypoints vit_s, vit_b, vit_l
 
 # Width, depth and heads of the ViT sizes (Dosovitskiy et al. 2021; S as in DeiT).
 VIDEO_VIT_SIZES: dict[str, dict[str, int]] = {
@@ -46,32 +38,6 @@ VIDEO_VIT_SIZES: dict[str, dict[str, int]] = {
     "vit_b": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "vit_l": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
-
-
-def _pair(x: int | Sequence[int]) -> tuple[int, int]:
-    return (int(x), int(x)) if isinstance(x, int) else (int(x[0]), int(x[1]))
-
-
-def apply_token_mask(x: torch.Tensor, mask: torch.Tensor | None, mask_token: torch.Tensor | None) -> torch.Tensor:
-    """Replaces the masked tokens of ``x`` by ``mask_token``.
-
-    Args:
-        x: (B, N, D) token embeddings.
-        mask: None (nothing masked), or bool (B, N) or (B, *grid) with prod(grid) == N; True = masked.
-        mask_token: (D,), (1, D) or (1, 1, D); required when ``mask`` is given.
-
-    Returns:
-        (B, N, D), the masked positions holding the mask token (which receives their gradient).
-    """
-    if mask is None:
-        return x
-    if mask_token is None:
-        raise ValueError("a mask was given without a mask_token to put in the masked positions")
-    B, N, D = x.shape
-    mask = mask.reshape(B, -1)
-    if mask.shape[1] != N:
-        raise ValueError(f"the mask has {mask.shape[1]} positions per sample but the token grid has {N}")
-    return torch.where(mask.to(torch.bool)[..., None], mask_token.reshape(1, 1, D).to(x.dtype), x)
 
 
 class VideoViT(nn.Module):
@@ -123,7 +89,7 @@ class VideoViT(nn.Module):
             raise ValueError(f"global_pool must be 'avg' or 'token', got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
-        H, W = _pair(img_size)
+        H, W = pair(img_size)
         tubelet = tuple(int(t) for t in tubelet)
         if len(tubelet) != 3 or num_frames % tubelet[0] or H % tubelet[1] or W % tubelet[2]:
             raise ValueError(f"clip {num_frames}x{H}x{W} is not a whole number of {tubelet} tubelets")
@@ -137,6 +103,7 @@ class VideoViT(nn.Module):
         # Token grid (T', H', W') of the default clip; the output keeps the input grid (no pooling).
         self.patch_grid = (num_frames // tubelet[0], H // tubelet[1], W // tubelet[2])
         self.output_grid = self.patch_grid
+        self.clip_size = (int(num_frames), H, W)  # the input (T, H, W) the model is built for
 
         self.patch_embed = nn.Conv3d(in_chans, embed_dim, kernel_size=tubelet, stride=tubelet)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -216,10 +183,10 @@ class VideoViT(nn.Module):
             temporal = temporal.transpose(1, 2)
         return (temporal[:, :, None, :] + spatial[:, None, :, :]).reshape(1, t * h * w, D)
 
-    def forward_tokens(
+    def forward_features(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Encodes a clip; returns every token after the final norm, the class token first (if any).
+        """Encodes a clip; returns every token after the final norm, the class token first (if any), as timm.
 
         Args:
             x: (B, C, T, H, W) clip.
@@ -244,25 +211,19 @@ class VideoViT(nn.Module):
             x = self.blocks(x)
         return self.norm(x)
 
-    def forward_features(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Like :meth:`forward_tokens` but returns the patch tokens only: (B, T'H'W', D), class token dropped."""
-        return self.forward_tokens(x, mask, mask_token)[:, self.num_prefix_tokens :]
-
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pools the output of :meth:`forward_tokens` (B, prefix + N, D) and classifies: (B, num_classes)."""
+        """Pools the output of :meth:`forward_features` (B, prefix + N, D) and classifies: (B, num_classes)."""
         x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classifies a clip (B, C, T, H, W) -> (B, num_classes) (pooled features (B, D) when num_classes == 0)."""
-        return self.forward_head(self.forward_tokens(x))
+        return self.forward_head(self.forward_features(x))
 
 
 # -------------------------------------------------------------------------------------------------------------------
-# Rebuilding from JSON-able arguments
+# JSON-able architecture arguments, and the timm entrypoints
 # -------------------------------------------------------------------------------------------------------------------
 
 
@@ -289,7 +250,7 @@ def video_vit_args(
     if unknown:
         raise ValueError(f"unknown video ViT arguments: {sorted(unknown)}")
     args: dict[str, Any] = {
-        "img_size": list(_pair(img_size)),
+        "img_size": list(pair(img_size)),
         "num_frames": int(num_frames),
         "tubelet": [int(t) for t in tubelet],
         "in_chans": int(in_chans),
@@ -303,51 +264,4 @@ def video_vit_args(
     return args
 
 
-def create_video_vit(
-    args: dict[str, Any], num_classes: int = 0, drop_path: float = 0.0, head_drop: float = 0.0
-) -> VideoViT:
-    """A :class:`VideoViT` rebuilt from :func:`video_vit_args` output plus the training settings."""
-    return VideoViT(**args, num_classes=num_classes, drop_path_rate=drop_path, head_drop=head_drop)
-
-
-# Every video encoder by name -> its family ("vit" -> VideoViT here, "mvit" -> maskfeat.models.mvit.MViTEncoder).
-# mvit.py imports this module (apply_token_mask), so the MViT builders are imported where they are used.
-VIDEO_ARCHITECTURES: dict[str, str] = {
-    **dict.fromkeys(VIDEO_VIT_SIZES, "vit"),
-    **dict.fromkeys(("mvit_v2_s", "mvit_v2_b", "mvit_v2_l"), "mvit"),
-}
-
-
-def _family(kind: str) -> str:
-    if kind not in VIDEO_ARCHITECTURES:
-        raise ValueError(f"unknown video architecture '{kind}'; choose one of {', '.join(VIDEO_ARCHITECTURES)}")
-    return VIDEO_ARCHITECTURES[kind]
-
-
-def video_encoder_args(kind: str, img_size: int | Sequence[int] = 224, num_frames: int = 16, **kwargs: Any) -> dict:
-    """The JSON-able architecture arguments that rebuild the video encoder ``kind`` (a VIDEO_ARCHITECTURES name).
-
-    ``kwargs`` go to :func:`video_vit_args` (ViT: ``embed_dim``, ``depth``, ``num_heads``, ``tubelet``, ...) or
-    :func:`maskfeat.models.mvit.mvit_args` (MViT: ``pretrain``, ``depths``, ``embed_dim``, ``num_heads``, ...).
-    """
-    if _family(kind) == "vit":
-        return video_vit_args(kind, img_size=img_size, num_frames=num_frames, **kwargs)
-    from maskfeat.models.mvit import mvit_args
-
-    return mvit_args(kind, img_size=img_size, num_frames=num_frames, **kwargs)
-
-
-def create_video_encoder(
-    kind: str, args: dict[str, Any], num_classes: int = 0, drop_path: float = 0.0, head_drop: float | None = None
-) -> VideoViT | MViTEncoder:
-    """The video encoder ``kind`` rebuilt from :func:`video_encoder_args` output, never loading weights.
-
-    ``num_classes``, ``drop_path`` and ``head_drop`` (None = the family's default: 0 for ViT, 0.5 for MViT as
-    torchvision) are training settings, kept out of ``args`` so exported weights do not carry them.
-    """
-    if _family(kind) == "vit":
-        return create_video_vit(args, num_classes=num_classes, drop_path=drop_path, head_drop=head_drop or 0.0)
-    from maskfeat.models.mvit import create_mvit
-
-    extra = {} if head_drop is None else {"head_drop": head_drop}
-    return create_mvit(args, num_classes=num_classes, drop_path=drop_path, **extra)
+register_sizes(VideoViT, VIDEO_VIT_SIZES, __name__)  # timm.create_model("vit_s" | "vit_b" | "vit_l", ...)

@@ -1,0 +1,129 @@
+"""The checks of a merged config that one field's type cannot express: ranges, sizes that must divide, the
+paths a command reads, keys that only some models take. Each failure is one :class:`ConfigError` line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from maskfeat.errors import ConfigError
+from maskfeat.models.names import VIDEO_ARCHITECTURES, VIDEO_PATCH_SIZE, all_architectures, encoder_patch_size
+
+__all__ = ["IMAGE_MASKS", "PATHS_READ", "VIDEO_MASKS", "validate"]
+
+# The data folders each command reads (the others may be set in a shared YAML file and are not checked).
+PATHS_READ = {
+    "pretrain": ("path",),
+    "visualize": ("path",),
+    "finetune": ("path", "val_path"),
+    "linprobe": ("path", "val_path"),
+    "evaluate": ("val_path",),
+}
+IMAGE_MASKS = ("block", "random")
+VIDEO_MASKS = ("cube", "tube", "frame", "random")
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
+    """Check ranges and compatible sizes before any work starts; with ``check_paths``, also that the files the
+    command reads exist (``--keys`` only prints the config, so it checks none)."""
+    d, m, t, tr = cfg.data, cfg.model, cfg.target, cfg.train
+    _require(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
+    _require(
+        len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+        f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(d.crop_scale)}",
+    )
+    _require(0 <= d.hflip <= 1, f"data.hflip must be a probability in [0, 1], got {d.hflip}")
+    _require(0 <= d.max_bad_fraction <= 1, f"data.max_bad_fraction must be in [0, 1], got {d.max_bad_fraction}")
+    if check_paths:  # only the paths this command reads (evaluate reads no training data)
+        for key in PATHS_READ.get(command, ("path", "val_path")):
+            p = d[key]
+            _require(p is None or os.path.exists(p), f"data.{key} does not exist: {p}")
+    names = all_architectures()
+    _require(m.name in names, f"model.name '{m.name}' is not a known architecture; choose one of {', '.join(names)}")
+    video = m.name in VIDEO_ARCHITECTURES
+    if video:
+        _require(d.num_frames > 0 and d.num_frames % 2 == 0, f"data.num_frames must be even, got {d.num_frames}")
+        _require(d.frame_stride > 0, f"data.frame_stride must be positive, got {d.frame_stride}")
+        _require(len(d.short_side) == 2 and 0 < d.short_side[0] <= d.short_side[1],
+                 f"data.short_side must be [lo, hi] with 0 < lo <= hi, got {list(d.short_side)}")  # fmt: skip
+        _require(d.num_clips > 0 and d.num_crops in (1, 3), "data.num_clips must be >= 1 and data.num_crops 1 or 3")
+        _require(0 <= t.frame_index < 2, f"target.frame_index must be 0 or 1 (2-frame patches), got {t.frame_index}")
+        _require(m.patch_size is None, "model.patch_size is fixed for video models (2x16x16 tubelets)")
+        if m.name.startswith("mvit"):
+            _require(m.depth is None, "model.depth does not apply to MViT (its stage depths are fixed by size)")
+            _require(d.image_size % 32 == 0, f"data.image_size must be a multiple of 32 for MViT, got {d.image_size}")
+    masks = VIDEO_MASKS if video else IMAGE_MASKS
+    _require(cfg.mask.type == "auto" or cfg.mask.type in masks,
+             f"mask.type must be auto or one of {', '.join(masks)} for {'video' if video else 'image'} models, "
+             f"got '{cfg.mask.type}'")  # fmt: skip
+    if cfg.mask.unit is not None:
+        _require(len(cfg.mask.unit) == (3 if video else 2) and all(u > 0 for u in cfg.mask.unit),
+                 f"mask.unit must have {3 if video else 2} positive factors, got {list(cfg.mask.unit)}")  # fmt: skip
+    patch = VIDEO_PATCH_SIZE if video else encoder_patch_size(m.name, m.patch_size)
+    _require(patch > 0, f"model.patch_size must be positive, got {patch}")
+    _require(
+        d.image_size % patch == 0,
+        f"data.image_size={d.image_size} is not divisible by the patch size {patch} (model.patch_size)",
+    )
+    _require(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
+    _require(not check_paths or m.checkpoint is None or os.path.isfile(m.checkpoint),
+             f"model.checkpoint not found: {m.checkpoint}")  # fmt: skip
+    if t.name == "hog" and command in ("pretrain", "visualize"):  # the target only matters where it is predicted
+        _require(t.cell_size > 0 and t.nbins > 0, "target.cell_size and target.nbins must be positive")
+        _require(
+            patch % t.cell_size == 0,
+            f"patch size {patch} is not divisible by the HOG cell size target.cell_size={t.cell_size}",
+        )
+        if t.gaussian_window:
+            _require(
+                d.image_size % t.gaussian_window == 0,
+                f"data.image_size={d.image_size} is not divisible by target.gaussian_window={t.gaussian_window}",
+            )
+    _require(0 < cfg.mask.ratio < 1, f"mask.ratio must be in (0, 1), got {cfg.mask.ratio}")
+    _require(tr.epochs > 0, f"train.epochs must be positive, got {tr.epochs}")
+    _require(tr.batch_size > 0, f"train.batch_size must be positive, got {tr.batch_size}")
+    _require(tr.accum_steps > 0, f"train.accum_steps must be positive, got {tr.accum_steps}")
+    _require(tr.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {tr.warmup_epochs}")
+    _require(tr.lr is None or tr.lr > 0, f"train.lr must be positive, got {tr.lr}")
+    _require(tr.blr > 0, f"train.blr must be positive, got {tr.blr}")
+    _require(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), "train.betas must be two numbers in [0, 1)")
+    _require(tr.clip_grad is None or tr.clip_grad > 0, f"train.clip_grad must be positive or null, got {tr.clip_grad}")
+    _require(
+        tr.layer_decay is None or 0 < tr.layer_decay <= 1, f"train.layer_decay must be in (0, 1], got {tr.layer_decay}"
+    )
+    _require(tr.mixup >= 0 and tr.cutmix >= 0, "train.mixup and train.cutmix must be >= 0")
+    _require(0 <= tr.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {tr.label_smoothing}")
+    _require(0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")
+    _require(0 <= d.reprob <= 1, f"data.reprob must be in [0, 1], got {d.reprob}")
+    _require(d.repeated_aug >= 1, f"data.repeated_aug must be >= 1, got {d.repeated_aug}")
+    _require(video or d.repeated_aug == 1, "data.repeated_aug applies to video models; use 1 for images")
+    _require(
+        tr.batch_size % d.repeated_aug == 0,
+        f"train.batch_size={tr.batch_size} must be a multiple of data.repeated_aug={d.repeated_aug} (clips per video)",
+    )
+    _require(0 < d.crop_pct <= 1, f"data.crop_pct must be in (0, 1], got {d.crop_pct}")
+    if command == "evaluate":
+        _require(m.checkpoint is not None, "evaluate needs model.checkpoint=... (a finetune or linprobe checkpoint)")
+    if command in ("evaluate",):
+        _require(d.val_path is not None, f"{command} needs data.val_path=... (a folder of class sub-folders)")
+    _require(
+        not (tr.strategy == "fsdp" and tr.amp == "fp16"),
+        "train.strategy=fsdp trains with train.amp=bf16 or off (fp16 would need a sharded gradient scaler)",
+    )
+    _require(tr.log_every > 0, f"train.log_every must be positive, got {tr.log_every}")
+    _require(
+        tr.checkpoint_every >= 0 and tr.max_steps >= 0 and tr.keep_checkpoints >= 0,
+        "train.checkpoint_every, train.max_steps and train.keep_checkpoints must be >= 0",
+    )
+    dev = str(cfg.device)
+    _require(
+        dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),
+        f"device must be auto, cpu, cuda or cuda:N, got '{dev}'",
+    )

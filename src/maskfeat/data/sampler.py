@@ -1,0 +1,149 @@
+"""Seeded sampling: per-sample augmentation seeds, a seeded RNG scope and a shuffling, sharding, resumable sampler.
+
+Reproducibility design: the sampler (main process) yields ``(index, sample_seed)`` keys where ``sample_seed`` is a
+hash of ``(seed, epoch, index)``; the data sets (:class:`maskfeat.data.images.ImageDataset`,
+:class:`maskfeat.data.video.VideoDataset`) seed torch's and Python's RNGs with it (:func:`seeded_rngs`) around the
+random transform. The augmentation of a sample therefore depends only on ``(seed, epoch, index)``: not on the number of
+workers, on which worker handles it, nor on whether the epoch was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["SeededSampler", "sample_seed", "seeded_rngs"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on a uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _epoch_key(seed: int, epoch: int) -> np.uint64:
+    key = _splitmix64(np.array([seed & _MASK64], dtype=np.uint64))
+    return _splitmix64(key ^ np.uint64(epoch & _MASK64))[0]
+
+
+def _sample_seeds(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
+    """63-bit non-negative seeds for ``indices`` (int64 array) in ``epoch``."""
+    mixed = _splitmix64(indices.astype(np.uint64) ^ _epoch_key(seed, epoch))
+    return (mixed >> np.uint64(1)).astype(np.int64)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch`` of a run seeded with ``seed``.
+
+    A splitmix64 hash of ``(seed, epoch, index)``, well mixed, in ``[0, 2**63)``.
+    """
+    return int(_sample_seeds(seed, epoch, np.array([index], dtype=np.int64))[0])
+
+
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """Seeds torch's CPU RNG, Python's ``random`` and NumPy's global RNG from ``seed`` (the random transforms draw
+    from them: timm's RandAugment picks its operations with NumPy); restores their previous states on exit, so a
+    ``num_workers=0`` loader does not disturb the training process's streams."""
+    torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+class SeededSampler(Sampler):
+    """Shuffling, sharding, resumable sampler that yields ``(index, sample_seed)`` keys for :class:`ImageDataset`.
+
+    The order of an epoch is ``torch.randperm`` with a generator seeded from ``(seed, epoch)`` only; it is split
+    across ranks as ``torch.utils.data.DistributedSampler`` does (rank ``r`` takes positions ``r, r + W, ...``;
+    without ``drop_last`` the order is padded by repeating its start so every rank gets the same count, with it
+    the tail is dropped). ``sample_seed`` is :func:`sample_seed` of ``(seed, epoch, index)``.
+
+    Call :meth:`set_epoch` before each epoch. To resume mid-epoch call :meth:`set_start` with the number of
+    samples this rank had already consumed, after :meth:`set_epoch`; the next :meth:`set_epoch` resets it to 0.
+
+    Args:
+        num_samples: size of the data set.
+        seed: base seed of the run.
+        shuffle: random order (else ``0..num_samples-1``; seeds still vary by epoch).
+        rank: this process's rank.
+        world_size: number of processes.
+        drop_last: drop the tail instead of padding so ranks get equal counts.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"invalid rank {rank} for world_size {world_size}")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start = 0
+        if drop_last:
+            self.per_rank = self.num_samples // world_size
+        else:
+            self.per_rank = math.ceil(self.num_samples / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch (its order and seeds) and resets the resume position to 0."""
+        self.epoch = int(epoch)
+        self.start = 0
+
+    def set_start(self, position: int) -> None:
+        """Skips the first ``position`` samples of this rank's sequence for the current epoch."""
+        if not 0 <= position <= self.per_rank:
+            raise ValueError(f"start position {position} outside 0..{self.per_rank}")
+        self.start = int(position)
+
+    def rank_indices(self) -> np.ndarray:
+        """This rank's full index sequence for the current epoch (before :meth:`set_start`), int64 ``(per_rank,)``."""
+        n = self.num_samples
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(int(_epoch_key(self.seed, self.epoch) >> np.uint64(1)))
+            order = torch.randperm(n, generator=generator).numpy()
+        else:
+            order = np.arange(n, dtype=np.int64)
+        total = self.per_rank * self.world_size
+        if total > n and n > 0:  # pad by repeating the start, as DistributedSampler does
+            order = np.resize(order, total)
+        order = order[:total]
+        return order[self.rank : total : self.world_size].astype(np.int64)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        indices = self.rank_indices()[self.start :]
+        seeds = _sample_seeds(self.seed, self.epoch, indices)
+        return iter(zip(indices.tolist(), seeds.tolist()))
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start

@@ -1,0 +1,73 @@
+"""Pieces the encoders share: size pairs, the [MASK] token substitution, and their timm registration."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from timm.layers import to_2tuple
+from timm.models import register_model
+from torch import nn
+
+__all__ = ["apply_token_mask", "pair", "register_sizes"]
+
+
+def pair(x: int | Sequence[int]) -> tuple[int, int]:
+    """``(x, x)`` for an int, ``(x[0], x[1])`` for a pair (timm's ``to_2tuple``), as ints."""
+    h, w = to_2tuple(x)
+    return int(h), int(w)
+
+
+def apply_token_mask(x: torch.Tensor, mask: torch.Tensor | None, mask_token: torch.Tensor | None) -> torch.Tensor:
+    """Replaces the masked tokens of ``x`` by ``mask_token``.
+
+    Args:
+        x: (B, N, D) token embeddings.
+        mask: None (nothing masked), or bool (B, N) or (B, *grid) with prod(grid) == N; True = masked.
+        mask_token: (D,), (1, D) or (1, 1, D); required when ``mask`` is given.
+
+    Returns:
+        (B, N, D), the masked positions holding the mask token (which receives their gradient).
+    """
+    if mask is None:
+        return x
+    if mask_token is None:
+        raise ValueError("a mask was given without a mask_token to put in the masked positions")
+    B, N, D = x.shape
+    mask = mask.reshape(B, -1)
+    if mask.shape[1] != N:
+        raise ValueError(f"the mask has {mask.shape[1]} positions per sample but the token grid has {N}")
+    return torch.where(mask.to(torch.bool)[..., None], mask_token.reshape(1, 1, D).to(x.dtype), x)
+
+
+def register_sizes(cls: type[nn.Module], sizes: dict[str, dict[str, Any]], module: str) -> None:
+    """Registers one timm entrypoint per size, so ``timm.create_model(name, **kwargs)`` builds
+    ``cls(**{**sizes[name], **kwargs})``; each entrypoint also becomes the attribute ``name`` of ``module``.
+
+    timm passes its factory options (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``) to every
+    entrypoint; ours have no hub weights, so only the overlay (e.g. the ``pretrained_cfg`` of an encoder.json) is
+    kept, as the model's ``pretrained_cfg``.
+    """
+    for name, size in sizes.items():
+        entrypoint = _entrypoint(cls, name, size)
+        entrypoint.__module__ = module
+        setattr(sys.modules[module], name, entrypoint)
+        register_model(entrypoint)
+
+
+def _entrypoint(cls: type[nn.Module], name: str, size: dict[str, Any]) -> Callable[..., nn.Module]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+        if pretrained:
+            raise ValueError(f"maskfeat's {name} has no downloadable weights: load an encoder.safetensors instead")
+        for option in ("pretrained_cfg", "cache_dir"):
+            kwargs.pop(option, None)
+        overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
+        model = cls(**{**size, **kwargs})
+        model.pretrained_cfg = {"architecture": name, **overlay}
+        return model
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f"``{cls.__name__}`` {name} ({size}) for ``timm.create_model``; keyword arguments override."
+    return entrypoint
