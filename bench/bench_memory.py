@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from maskfeat.masking import MaskCollator  # noqa: E402
+from maskfeat.data.collate import MaskCollator  # noqa: E402
 from maskfeat.models import MaskFeat, create_encoder, encoder_model_args  # noqa: E402
 from maskfeat.optim import build_optimizer  # noqa: E402
 from maskfeat.targets import build_target  # noqa: E402

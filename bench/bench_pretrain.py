@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from maskfeat.masking import MaskCollator
+from maskfeat.data.collate import MaskCollator
 from maskfeat.models import MaskFeat, create_encoder, encoder_model_args
 from maskfeat.optim import build_optimizer
 from maskfeat.targets import build_target

@@ -698,7 +698,7 @@ def part_jpeg_decode(ctx: SimpleNamespace, rec: Recorder) -> None:
     from torchvision.io import decode_jpeg, read_file
 
     from maskfeat.data import ImageDataset, pretrain_transform, sample_image_folder
-    from maskfeat.masking import MaskCollator
+    from maskfeat.data.collate import MaskCollator
     from maskfeat.runner import make_loader
 
     S, device = ctx.sizes, ctx.device

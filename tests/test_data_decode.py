@@ -24,10 +24,10 @@ from video_helpers import (
 )
 
 from maskfeat.data.clips import clip_indices
+from maskfeat.data.collate import MaskCollator
 from maskfeat.data.decode import damaged, decode_clip, decode_frames, probe_video, torchcodec_available
 from maskfeat.data.video import VideoDataset
 from maskfeat.data.video_transforms import VideoEvalTransform, VideoTrainTransform
-from maskfeat.masking import MaskCollator
 
 
 @needs_videos

@@ -18,13 +18,13 @@ from video_helpers import (
 )
 
 import maskfeat.data.video as video
+from maskfeat.data.collate import MaskCollator
 from maskfeat.data.images import SeededSampler
 from maskfeat.data.video import (
     VideoDataset,
     scan_video_source,
 )
 from maskfeat.data.video_transforms import VideoTrainTransform
-from maskfeat.masking import MaskCollator
 
 
 @needs_videos

@@ -1,18 +1,30 @@
-"""Checkpoints: atomic save, resume, and export of the encoder as safetensors + timm's ``encoder.json``."""
+"""Checkpoints: atomic save, random states, numbered-checkpoint rotation, resume (the newest readable checkpoint,
+after checking that it is the same run), and export of the encoder as safetensors + timm's ``encoder.json``."""
 
 from __future__ import annotations
 
+import glob
 import json
+import logging
 import os
 import pickle
 import random
+import re
 import secrets
 import zipfile
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save
+
+from maskfeat.config import Config
+from maskfeat.distributed import is_main_process, load_training_state
+from maskfeat.errors import ConfigError
+
+log = logging.getLogger("maskfeat")
 
 LAST = "checkpoint-last.pt"
 
@@ -65,6 +77,16 @@ def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def gather_rng_states() -> list[dict]:
+    """Every process's random states, rank order (a collective with several processes)."""
+    state = rng_state()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [state]
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """``torch.save(state)`` atomically."""
     atomic_write(path, lambda f: torch.save(state, f))
@@ -106,6 +128,109 @@ def _written_by_torch_save(path: str) -> bool:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def numbered_checkpoints(output_dir: str) -> list[str]:
+    """Numbered step checkpoints, oldest first."""
+    found = glob.glob(os.path.join(output_dir, "checkpoint-[0-9]*.pt"))
+    return sorted(found, key=lambda p: int(re.findall(r"(\d+)\.pt$", p)[0]))
+
+
+# Keys that say how a run is carried out, not what it computes: they may change when a run is continued.
+FREE_ON_RESUME = ("data.num_workers", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                  "train.max_steps", "train.resume", "train.compile", "device", "model.allow_pickle",
+                  "visualize.num_images")  # fmt: skip
+
+
+def _flat(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """``key: old -> new`` for every key whose value differs between two config dicts, except the keys of
+    :data:`FREE_ON_RESUME`."""
+    a, b = _flat(saved), _flat(current)
+    keys = sorted((set(a) | set(b)) - set(FREE_ON_RESUME))
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_same_run(cfg: DictConfig, saved: dict | None = None) -> None:
+    """Before continuing the run in ``output_dir``: its settings (its ``config.yaml``, or ``saved``, the config
+    inside its checkpoint) must be those of ``cfg``. Otherwise stop with one line naming the keys that differ,
+    unless ``train.resume=force`` (then warn and continue with the new settings)."""
+    path = os.path.join(cfg.output_dir, "config.yaml")
+    if os.path.isfile(path):
+        saved = OmegaConf.to_container(OmegaConf.load(path))
+    if not saved:
+        return
+    try:  # a key the saved run did not have (an older maskfeat) had its default
+        saved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    except Exception:  # a key that no longer exists: compare as saved
+        pass
+    changed = config_differences(saved, OmegaConf.to_container(cfg))
+    if not changed:
+        return
+    listed = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    if cfg.train.resume == "force":
+        log.warning(f"train.resume=force: continuing the run in {cfg.output_dir} with other settings ({listed})")
+        return
+    raise ConfigError(
+        f"{cfg.output_dir} holds a run with other settings ({listed}): choose a new output_dir=... to start a new "
+        "run, or pass train.resume=force to continue that one with these settings"
+    )
+
+
+def newest_readable(output_dir: str) -> tuple[str, dict] | None:
+    """The newest readable checkpoint of ``output_dir`` and its path (``checkpoint-last.pt``, else the numbered
+    ones, newest first): a torn or corrupt file falls back to an older one. None when there is none.
+
+    Raises:
+        ValueError: there are checkpoints, but none is readable.
+    """
+    last = os.path.join(output_dir, LAST)
+    candidates = [p for p in [last, *reversed(numbered_checkpoints(output_dir))] if os.path.isfile(p)]
+    if not candidates:
+        return None
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except ValueError as e:
+            log.warning(f"{e}; trying an older checkpoint")
+    raise ValueError(f"no readable checkpoint in {output_dir} (tried {', '.join(candidates)})")
+
+
+def resume_training(cfg: DictConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, sharded: bool, total_steps: int) -> tuple[int, dict]:  # fmt: skip
+    """Load the newest readable checkpoint of ``cfg.output_dir`` (see :func:`newest_readable`) into ``model``,
+    ``optimizer``, ``scaler`` and this process's random states, after :func:`check_same_run`.
+
+    Returns the step to continue from and the best evaluation metrics so far (step 0 when there is no checkpoint).
+    """
+    found = newest_readable(cfg.output_dir)
+    if found is None:
+        check_same_run(cfg)  # a run killed before its first checkpoint left only its config.yaml
+        return 0, {"top1": float("-inf")}
+    last, state = found
+    check_same_run(cfg, state.get("config"))
+    if bool(state.get("sharded", False)) != sharded:
+        was = "sharded (train.strategy=fsdp)" if state.get("sharded") else "unsharded"
+        raise ValueError(f"{last} was written by a {was} run; resume it with the same train.strategy and number of "
+                         "processes, or start a new run from its weights with model.checkpoint=...")  # fmt: skip
+    load_training_state(model, optimizer, state["model"], state["optimizer"], sharded)
+    scaler.load_state_dict(state["scaler"])
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    per_rank = state.get("rng_ranks") or [state["rng"]]
+    set_rng_state(per_rank[rank] if rank < len(per_rank) else state["rng"])
+    step = int(state["step"])
+    if is_main_process():
+        log.info(f"resuming from {last} at step {step}/{total_steps}")
+    return step, dict(state.get("best", {"top1": float("-inf")}))
 
 
 def encoder_state_dict(model_state: dict[str, torch.Tensor], prefix: str = "encoder.") -> dict[str, torch.Tensor]:

@@ -37,10 +37,10 @@ from maskfeat.data import (
     sample_labeled_folder,
     sample_video_folder,
 )
+from maskfeat.data.collate import MaskCollator
 from maskfeat.data.video import VideoDataset
 from maskfeat.data.video_transforms import VideoTrainTransform
 from maskfeat.engine import evaluate
-from maskfeat.masking import MaskCollator
 from maskfeat.models.mvit import MViTEncoder, load_pretrained_mvit
 from maskfeat.models.names import VIDEO_ARCHITECTURES
 from maskfeat.models.registry import create_encoder

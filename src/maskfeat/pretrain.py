@@ -15,9 +15,9 @@ from omegaconf import DictConfig
 from maskfeat import checkpoint as ckpt_io
 from maskfeat.config import ConfigError
 from maskfeat.data import ImageDataset, pretrain_transform
+from maskfeat.data.collate import MaskCollator
 from maskfeat.data.video import VideoDataset
 from maskfeat.data.video_transforms import VideoTrainTransform
-from maskfeat.masking import MaskCollator
 from maskfeat.models.maskfeat import MaskFeat, mean_target_mse, target_patch_size
 from maskfeat.models.names import VIDEO_ARCHITECTURES
 from maskfeat.models.registry import create_encoder, video_encoder_args

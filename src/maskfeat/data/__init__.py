@@ -6,6 +6,8 @@
 - :mod:`~maskfeat.data.clips`: clip sampling; :mod:`~maskfeat.data.decode`: video decoding behind one reader interface
   (:mod:`~maskfeat.data.probe`, :mod:`~maskfeat.data.pyav_reader`, :mod:`~maskfeat.data.torchcodec_reader`);
   :mod:`~maskfeat.data.video`: the video data set;
+- :mod:`~maskfeat.data.collate`: batching, and drawing each sample's mask from its seed;
+  :mod:`~maskfeat.data.loader`: the data loader (and which folder a run reads);
 - :mod:`~maskfeat.data.transforms`, :mod:`~maskfeat.data.video_transforms`: augmentations;
   :mod:`~maskfeat.data.sample`: built-in sample data.
 

@@ -1,0 +1,72 @@
+"""Data loaders for the training commands: the data folder a run reads, and a seeded, resumable loader over a
+data set."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from .sample import sample_image_folder, sample_video_folder
+from .sampler import SeededSampler
+
+log = logging.getLogger("maskfeat")
+
+SAMPLE_IMAGE_SIZE = 160  # side of the embedded sample images (crops of scikit-image's bundled photos)
+
+
+def data_folder(cfg: DictConfig) -> str:
+    """``data.path``, or the embedded sample images (or clips, for a video model) when it is null."""
+    if cfg.data.path:
+        return cfg.data.path
+    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
+
+    if cfg.model.name in VIDEO_ARCHITECTURES:
+        path = sample_video_folder(split="train")
+        log.info(f"data.path not set: using the embedded sample clips (photos under camera motion) in {path}")
+        return path
+    path = sample_image_folder(num_images=cfg.data.sample_images, size=SAMPLE_IMAGE_SIZE, seed=0)
+    log.info(f"data.path not set: using {cfg.data.sample_images} embedded sample images in {path}")
+    return path
+
+
+def make_loader(
+    dataset: torch.utils.data.Dataset,
+    collate: Callable,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    device: torch.device,
+    train: bool,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[torch.utils.data.DataLoader, SeededSampler]:
+    """A loader over ``dataset`` with a :class:`SeededSampler` (shuffled, drop-last batches when ``train``).
+
+    ``workers`` < 0 means min(8, CPU cores).
+    """
+    workers = min(8, os.cpu_count() or 1) if workers < 0 else workers
+    sampler = SeededSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size, drop_last=train)
+    kwargs = dict(
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        worker_init_fn=_ignore_sigint if workers > 0 else None,
+    )
+    if workers > 0:
+        kwargs["prefetch_factor"] = 4
+    return torch.utils.data.DataLoader(dataset, **kwargs), sampler
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process: it saves a checkpoint, which may still need batches
+    (a worker that got SIGINT would end, and the loader would fail with "worker exited unexpectedly")."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
