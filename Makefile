@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
-# PyPI's torch is a CUDA build (several GB). On a machine without a GPU, the CPU build is a tenth of that:
+# PyPI's torch is a CUDA build (several GB). On a machine without a GPU, the CPU build is much smaller:
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 DEMO_DIR ?= runs/demo

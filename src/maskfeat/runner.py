@@ -37,6 +37,7 @@ from maskfeat.distributed import (
 )
 from maskfeat.engine import LoopOptions, LoopStats, train_one_epoch
 from maskfeat.errors import Interrupted, Preempted
+from maskfeat.models.names import is_video_architecture
 from maskfeat.tracking import RunLog
 
 __all__ = [  # the names moved to checkpoint.py, distributed.py and data/loader.py stay importable from here
@@ -70,12 +71,6 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-
-
-def _is_video(cfg: DictConfig) -> bool:
-    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
-
-    return cfg.model.name in VIDEO_ARCHITECTURES
 
 
 @dataclass
@@ -159,7 +154,7 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> d
         os.makedirs(out, exist_ok=True)
         ckpt_io.atomic_write(os.path.join(out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
         log.info(summary_line + f"; {job.total_steps} steps -> {out}")
-    sample = "clips" if _is_video(cfg) else "img"
+    sample = "clips" if is_video_architecture(cfg.model.name) else "img"
     run_log = RunLog(out, job.total_steps, start_step=step, enabled=main, sample=sample)
     stats = LoopStats()
     opts = LoopOptions(device=device, steps_per_epoch=job.steps_per_epoch, accum_steps=tr.accum_steps,
