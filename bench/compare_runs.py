@@ -39,7 +39,7 @@ def validation_set(run_dir: Path) -> tuple[int | None, int | None]:
     try:
         from omegaconf import OmegaConf
 
-        from maskfeat.finetune import is_video, labeled_folders
+        from maskfeat.builder import is_video, labeled_folders
 
         cfg = OmegaConf.load(path)
         _, val = labeled_folders(cfg, need_train=False)  # data.val_path, or the embedded sample set the run used

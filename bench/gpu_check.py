@@ -18,7 +18,7 @@ one runs; the reports are rewritten after every part):
 2. measurements, each beside its baseline in the same run: ViT-B/16 MaskFeat pre-training step (images/s, MFU from
    FlopCounterMode forward FLOPs x 3) eager and compiled against a plain timm ViT-B/16 classification step on the
    same batch (``vit_step``, ``vit_compiled``); the HOG target's share of the step (CUDA events); host-device
-   synchronisations per step of the project's ``train_one_epoch`` (``torch.cuda.set_sync_debug_mode``, ``sync``);
+   synchronisations per step of the project's ``train_steps`` (``torch.cuda.set_sync_debug_mode``, ``sync``);
    peak memory at batch 128 bf16 with and without activation checkpointing (``memory``, bench/bench_memory.py);
    MViTv2-S 16x224 clips/s (``mvit``); ``torchvision.io.decode_jpeg`` on the GPU against the CPU loader
    (``jpeg_decode``).
@@ -368,18 +368,18 @@ def _load_cfg(command: str, overrides: list[str]):
 
 
 def _vit_setup(ctx: SimpleNamespace) -> SimpleNamespace:
-    """The project's MaskFeat ViT (pretrain.build_model on the default pre-training config) and a plain timm ViT of
-    the same size with a 1000-class head, their (fused on CUDA) AdamW, and one batch with block masks."""
+    """The project's MaskFeat ViT (builder.build_pretrain_model on the default pre-training config) and a plain timm
+    ViT of the same size with a 1000-class head, their (fused on CUDA) AdamW, and one batch with block masks."""
+    from maskfeat.builder import build_pretrain_model, mask_collate, token_grid
     from maskfeat.models import create_encoder, encoder_model_args
     from maskfeat.optim import build_optimizer
-    from maskfeat.pretrain import build_model, mask_collate, token_grid
 
     S, device = ctx.sizes, ctx.device
     overrides = [f"model.name={S.vit}", f"data.image_size={S.vit_size}", f"device={device.type}"]
     overrides += [f"model.depth={S.vit_depth}"] if S.vit_depth else []
     cfg = _load_cfg("pretrain", overrides)
     torch.manual_seed(0)
-    model = build_model(cfg)[0].to(device)
+    model = build_pretrain_model(cfg)[0].to(device)
     plain = create_encoder(S.vit, encoder_model_args(S.vit_size, depth=S.vit_depth), num_classes=1000).to(device)
     opt_m, opt_p = build_optimizer(model, 1e-4, 0.05), build_optimizer(plain, 1e-4, 0.05)
     g = torch.Generator().manual_seed(0)
@@ -541,14 +541,15 @@ def part_vit_compiled(ctx: SimpleNamespace, rec: Recorder) -> None:
 
 
 def part_sync(ctx: SimpleNamespace, rec: Recorder) -> None:
-    """Host-device synchronisations per step of the project's train_one_epoch (real loader, model, optimizer,
+    """Host-device synchronisations per step of the project's train_steps (real loader, model, optimizer,
     schedule, clipping, bf16 autocast), counted with torch.cuda.set_sync_debug_mode("warn")."""
     import warnings
 
-    from maskfeat.engine import LoopOptions, LoopStats, train_one_epoch
+    from maskfeat.builder import build_pretrain_model, mask_collate, pretrain_dataset, token_grid
+    from maskfeat.data.loader import make_loader
+    from maskfeat.engine import Job, LoopOptions, LoopStats, train_steps
     from maskfeat.optim import build_optimizer, build_scheduler
-    from maskfeat.pretrain import build_model, mask_collate, masked_feature_loss, pretrain_dataset, token_grid
-    from maskfeat.runner import make_loader
+    from maskfeat.pretrain import masked_feature_loss
 
     S, device = ctx.sizes, ctx.device
     overrides = [f"model.name={S.vit}", f"data.image_size={S.vit_size}", f"data.path={ctx.data['images']}",
@@ -557,7 +558,7 @@ def part_sync(ctx: SimpleNamespace, rec: Recorder) -> None:
     cfg = _load_cfg("pretrain", overrides)
     dataset = pretrain_dataset(cfg, cfg.data.path)
     torch.manual_seed(0)
-    model = build_model(cfg)[0].to(device)
+    model = build_pretrain_model(cfg)[0].to(device)
     workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 1
     loader, _ = make_loader(dataset, mask_collate(cfg, token_grid(cfg, model)), S.sync_batch, workers, 0, device,
                             train=True)  # fmt: skip
@@ -568,8 +569,10 @@ def part_sync(ctx: SimpleNamespace, rec: Recorder) -> None:
     optimizer = build_optimizer(model, 1e-4, 0.05)
     scheduler = build_scheduler(optimizer, 1000, 10, 1e-6, 1e-6)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    opts = LoopOptions(device=device, steps_per_epoch=len(loader), accum_steps=1, clip_grad=cfg.train.clip_grad,
-                       amp_dtype=_amp(ctx), log_every=10**6, checkpoint_every=0, max_steps=warm)  # fmt: skip
+    opts = LoopOptions(device=device, accum_steps=1, clip_grad=cfg.train.clip_grad, amp_dtype=_amp(ctx),
+                       log_every=10**6)  # fmt: skip
+    job = Job(model=model, loss_fn=masked_feature_loss, optimizer=optimizer, scheduler=scheduler, loader=loader,
+              sampler=None, steps_per_epoch=len(loader), total_steps=total)  # fmt: skip
     stats = LoopStats()
     rows: list[dict] = []
     marks: list[int] = []  # number of sync warnings seen when each batch was handed to the loop
@@ -583,10 +586,14 @@ def part_sync(ctx: SimpleNamespace, rec: Recorder) -> None:
             marks.append(syncs())
             yield batch
 
-    def run(step: int, max_steps: int) -> int:
-        opts.max_steps = max_steps
-        return train_one_epoch(model, counting(loader), optimizer, scheduler, scaler, opts, 0, step, stats,
-                               masked_feature_loss, rows.append, lambda s: None)  # fmt: skip
+    class Rows:  # the loop's StepLog: keep the rows
+        def write(self, row: dict, bad_files: list) -> None:
+            rows.append(row)
+
+    batches = counting(loader)  # one pass over the loader, continued by the second call
+
+    def run(step: int, stop_at: int) -> int:
+        return train_steps(job, batches, scaler, opts, 0, step, stop_at, stats, Rows())[0]
 
     cuda = device.type == "cuda"
     step = run(0, warm)  # warm-up: cuDNN / cuBLAS handles, the allocator, the loader's workers
@@ -598,6 +605,7 @@ def part_sync(ctx: SimpleNamespace, rec: Recorder) -> None:
             torch.cuda.set_sync_debug_mode("warn")
         try:
             step = run(step, total)
+            marks.append(syncs())  # the last step's syncs: its loss read-back at the stop
         finally:
             if cuda:
                 torch.cuda.set_sync_debug_mode("default")
@@ -612,14 +620,14 @@ def part_sync(ctx: SimpleNamespace, rec: Recorder) -> None:
     rec.detail("sync_locations", sorted(set(where)))
     rec.detail("rows", rows)
     finite_losses = bool(rows) and all(math.isfinite(r["loss"]) for r in rows)
-    rec.fig(f"train_one_epoch: {step} steps, finite losses", finite_losses, "", passed=finite_losses)
+    rec.fig(f"train_steps: {step} steps, finite losses", finite_losses, "", passed=finite_losses)
     if len(per_step) != S.sync_steps:
         raise RuntimeError(f"counted {len(per_step)} steps, expected {S.sync_steps}")
     if not cuda:
         rec.fig("host-device syncs per step", None, "syncs", goal="0", skipped="skipped: needs CUDA")
         return
     worst = max(steady) if steady else None
-    rec.fig(f"host-device syncs per step (train_one_epoch, {len(steady)} steady steps)", worst, "syncs",
+    rec.fig(f"host-device syncs per step (train_steps, {len(steady)} steady steps)", worst, "syncs",
             goal=f"{GOAL_SYNCS_PER_STEP}", passed=worst is not None and worst <= GOAL_SYNCS_PER_STEP,
             note=f"{len(where)} in all; the last step's {per_step[-1]} are the loss read-back")  # fmt: skip
 
@@ -662,15 +670,15 @@ def part_mvit(ctx: SimpleNamespace, rec: Recorder) -> None:
     classification step with the same backbone on the same clips."""
     from bench_pretrain import classification_step_fn, maskfeat_step_fn
 
+    from maskfeat.builder import build_pretrain_model, mask_collate, token_grid
     from maskfeat.models.registry import create_encoder
     from maskfeat.optim import build_optimizer
-    from maskfeat.pretrain import build_model, mask_collate, token_grid
 
     S, device, dtype = ctx.sizes, ctx.device, _amp(ctx)
     cfg = _load_cfg("pretrain", ["model.name=mvit_v2_s", f"data.image_size={S.mvit_size}",
-                                 f"data.num_frames={S.mvit_frames}", f"device={device.type}"])  # fmt: skip
+                                 f"video.num_frames={S.mvit_frames}", f"device={device.type}"])  # fmt: skip
     torch.manual_seed(0)
-    model, meta = build_model(cfg)
+    model, meta = build_pretrain_model(cfg)
     model.to(device)
     plain = create_encoder("mvit_v2_s", meta["model_args"], num_classes=400).to(device)
     opt_m, opt_p = build_optimizer(model, 1e-4, 0.05), build_optimizer(plain, 1e-4, 0.05)
@@ -699,7 +707,7 @@ def part_jpeg_decode(ctx: SimpleNamespace, rec: Recorder) -> None:
 
     from maskfeat.data import ImageDataset, pretrain_transform, sample_image_folder
     from maskfeat.data.collate import MaskCollator
-    from maskfeat.runner import make_loader
+    from maskfeat.data.loader import make_loader
 
     S, device = ctx.sizes, ctx.device
     folder = sample_image_folder(root=str(Path(ctx.work) / "data" / "jpeg"), num_images=S.jpeg_unique,
@@ -1127,7 +1135,7 @@ class Check:
         tasks.append(self.cli_task("finetune_image", ft, after=["cli:pretrain_bf16"]))
         if "videos_train" in self.data:
             video = ["model.name=vit_s", "model.embed_dim=96", "model.depth=2", "model.num_heads=3",
-                     "data.image_size=64", "data.num_frames=8", "data.frame_stride=2", "data.short_side=[72,88]",
+                     "data.image_size=64", "video.num_frames=8", "video.frame_stride=2", "video.short_side=[72,88]",
                      "train.batch_size=4", "train.epochs=1", f"train.max_steps={S.video_steps}",
                      amp_default]  # fmt: skip
             tasks.append(self.cli_task("video_pretrain", [
@@ -1136,7 +1144,7 @@ class Check:
             venc = self.work / "cli" / "video_pretrain" / "encoder.safetensors"
             tasks.append(self.cli_task("video_finetune", [
                 "finetune", *self.cli_common(), f"data.path={self.data['videos_train']}",
-                f"data.val_path={self.data['videos_val']}", *video, "data.num_clips=1", "data.num_crops=1",
+                f"data.val_path={self.data['videos_val']}", *video, "video.num_clips=1", "video.num_crops=1",
                 "data.auto_augment=rand-m9-mstd0.5", f"model.checkpoint={venc}",
                 f"output_dir={self.work / 'cli' / 'video_finetune'}"], after=["cli:video_pretrain"]))  # fmt: skip
         return tasks

@@ -37,14 +37,14 @@ CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 
 # A video ViT on 32x32 clips of 8 frames (stride 2 over 16): 2x16x16 tubelets -> a 4x2x2 token grid.
 MODEL = ["model.name=vit_s", "model.embed_dim=128", "model.depth=4", "model.num_heads=4", "data.image_size=32",
-         "data.num_frames=8", "data.frame_stride=2", "data.short_side=[32,40]", "data.hflip=0.0"]  # fmt: skip
+         "video.num_frames=8", "video.frame_stride=2", "video.short_side=[32,40]", "data.hflip=0.0"]  # fmt: skip
 # target.cell_size=8: the official 8-px cells (the video demo config, which these runs start from, has 16-px ones)
 PRETRAIN = ["mask.type=cube", "mask.ratio=0.4", "mask.unit=[1,1,1]", "train.batch_size=32", "train.lr=1e-3",
             "train.warmup_epochs=2", "data.crop_scale=[0.6,1.0]", "train.log_every=20",
             "target.cell_size=8"]  # fmt: skip
 FINETUNE = ["train.batch_size=32", "train.lr=1e-3", "train.warmup_epochs=2", "train.layer_decay=0.85",
             "train.mixup=0.0", "train.cutmix=0.0", "data.auto_augment=null", "data.reprob=0.0",
-            "data.crop_scale=[0.6,1.0]", "data.num_clips=2", "data.num_crops=3", "train.log_every=20"]  # fmt: skip
+            "data.crop_scale=[0.6,1.0]", "video.num_clips=2", "video.num_crops=3", "train.log_every=20"]  # fmt: skip
 
 
 def run(name: str, cmd: list[str], out: Path) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maskfeat.config import ConfigError, load_config, valid_keys
+from maskfeat.config import RENAMED, ConfigError, load_config, valid_keys
 
 
 def test_spec_keys_exist():
@@ -56,9 +56,9 @@ def test_layers_merge_in_order(tmp_path):
         ("train.amp=fp8", "train.amp must be one of"),
         ("train.strategy=zero3", "train.strategy must be one of ddp, fsdp"),
         ("train.strategy=fsdp train.amp=fp16", "train.strategy=fsdp trains with train.amp=bf16 or off"),
-        ("data.repeated_aug=2", "data.repeated_aug applies to video models"),
-        ("model.name=vit_s data.repeated_aug=3 train.batch_size=4", "must be a multiple of data.repeated_aug=3"),
-        ("model.name=vit_s data.video_backend=ffmpeg", "data.video_backend must be one of pyav, torchcodec, auto"),
+        ("video.repeated_aug=2", "video.repeated_aug applies to video models"),
+        ("model.name=vit_s video.repeated_aug=3 train.batch_size=4", "must be a multiple of video.repeated_aug=3"),
+        ("model.name=vit_s video.backend=ffmpeg", "video.backend must be one of pyav, torchcodec, auto"),
         ("epochs", "is not of the form key=value"),
     ],
 )
@@ -138,7 +138,7 @@ def test_keys_prints_every_key_with_its_description_as_yaml_that_loads_back_as_t
     about = field_descriptions()
     assert sorted(about) == sorted(valid_keys())
     assert all(len(text) > 8 for text in about.values()), [k for k, text in about.items() if len(text) <= 8]
-    assert about["data.repeated_aug"].endswith("holds batch_size / repeated_aug videos)")  # continuation lines too
+    assert about["video.repeated_aug"].endswith("holds batch_size / repeated_aug videos)")  # continuation lines too
 
     overrides = ["train.epochs=3", "data.crop_scale=[0.2,1.0]", "data.auto_augment=rand-m9-mstd0.5-inc1",
                  "train.lr=0.001", "output_dir='runs/x #1'", "seed=7"]  # fmt: skip
@@ -179,7 +179,7 @@ def test_amp_off_is_off_in_a_file_and_on_the_command_line(tmp_path):
         ("train.resume=always", "train.resume must be one of auto, force, got 'always'"),
         ("mask.type=grid", "mask.type must be one of auto, block, random, cube, tube, frame, got 'grid'"),
         ("train.amp=fp8", "train.amp must be one of auto, bf16, fp16, off, got 'fp8'"),
-        ("data.video_backend=ffmpeg", "data.video_backend must be one of pyav, torchcodec, auto, got 'ffmpeg'"),
+        ("video.backend=ffmpeg", "video.backend must be one of pyav, torchcodec, auto, got 'ffmpeg'"),
     ],
 )
 def test_a_value_outside_a_fields_choices_is_one_line_naming_the_key_and_the_choices(override, expected, tmp_path):
@@ -203,7 +203,7 @@ def test_choice_fields_compare_as_strings_and_are_saved_as_plain_strings(tmp_pat
 
     cfg = load_config("linprobe", None, ["train.amp=bf16", "model.name=vit_s", "mask.type=tube", "target.name=pixel"])
     assert (cfg.train.amp, cfg.train.optimizer, cfg.mask.type, cfg.target.name) == ("bf16", "lars", "tube", "pixel")
-    assert f"{cfg.train.amp}/{cfg.data.video_backend}" == "bf16/pyav" and {"bf16": 1}[cfg.train.amp] == 1
+    assert f"{cfg.train.amp}/{cfg.video.backend}" == "bf16/pyav" and {"bf16": 1}[cfg.train.amp] == 1
     text = to_yaml(cfg)
     assert "  amp: bf16\n" in text and "  optimizer: lars\n" in text and "  type: tube\n" in text
     saved = tmp_path / "config.yaml"
@@ -229,3 +229,27 @@ def test_the_torch_free_name_tables_agree_with_the_models():
     assert [k for k, v in VIDEO_ARCHITECTURES.items() if v == "mvit"] == list(MVIT_SIZES)
     with pytest.raises(ConfigError, match=r"model.name 'vit_xl' is not a known architecture; choose one of vit_tiny"):
         load_config("pretrain", None, ["model.name=vit_xl"])
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED.items()))
+def test_a_moved_key_is_one_line_naming_its_new_place(old, new, tmp_path):
+    with pytest.raises(ConfigError, match=rf"^command line: '{old}' is now '{new}'$"):
+        load_config("pretrain", None, [f"{old}=1"])
+    section, key = old.split(".")
+    (tmp_path / "old.yaml").write_text(f"{section}:\n  {key}: 1\n")
+    with pytest.raises(ConfigError, match=rf"old.yaml: '{old}' is now '{new}'$"):
+        load_config("pretrain", str(tmp_path / "old.yaml"))
+
+
+def test_saved_configs_of_older_runs_are_read_with_the_moved_keys():
+    from maskfeat.builder import make_pretrained_cfg
+    from maskfeat.config import upgrade_saved_config
+
+    old = {"data": {"image_size": 64, "num_frames": 8, "frame_stride": 2, "video_backend": "pyav", "path": "x"},
+           "model": {"name": "vit_s"}}  # fmt: skip
+    new = upgrade_saved_config(old)
+    assert new["data"] == {"image_size": 64, "path": "x"}
+    assert new["video"] == {"num_frames": 8, "frame_stride": 2, "backend": "pyav"}
+    assert old["data"]["num_frames"] == 8  # the caller's dict is left as it was
+    pretrained = make_pretrained_cfg(old)
+    assert (pretrained["num_frames"], pretrained["frame_stride"], pretrained["input_size"]) == (8, 2, [3, 64, 64])

@@ -15,7 +15,7 @@ from PIL import Image
 from test_cli import TINY, maskfeat, rows
 from torch import nn
 
-from maskfeat.engine import LoopOptions, LoopStats, train_one_epoch
+from maskfeat.engine import Job, LoopOptions, LoopStats, train_one_epoch
 from maskfeat.models import MaskFeat, create_encoder, encoder_model_args
 from maskfeat.models.maskfeat import masked_mse, mean_target_mse
 from maskfeat.optim import build_optimizer, build_scheduler
@@ -77,9 +77,16 @@ def test_loss_fn_extras_are_averaged_like_the_loss_and_logged():
     opt = build_optimizer(model, 1e-3, 0.0)
     sched = build_scheduler(opt, 4, 0, 1e-6, 1e-6)
     logged: list[dict] = []
-    opts = LoopOptions(device=torch.device("cpu"), steps_per_epoch=4, accum_steps=2, log_every=2)
+
+    class Rows:
+        def write(self, row: dict, bad_files: list) -> None:
+            logged.append(row)
+
+    opts = LoopOptions(device=torch.device("cpu"), accum_steps=2, log_every=2)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train_one_epoch(model, batches, opt, sched, scaler, opts, 0, 0, LoopStats(), loss_fn, logged.append, lambda s: None)
+    job = Job(model=model, loss_fn=loss_fn, optimizer=opt, scheduler=sched, loader=batches, sampler=None,
+              steps_per_epoch=4, total_steps=4)  # fmt: skip
+    assert train_one_epoch(job, scaler, opts, 0, LoopStats(), Rows()) == 4
     # steps of micro-batches (0, 1), (2, 3) | (4, 5), (6, 7): per step the mean, per row the mean of the steps
     assert [r["step"] for r in logged] == [2, 4]
     assert [r["baseline"] for r in logged] == pytest.approx([1.5, 5.5])

@@ -13,8 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 from test_cli import TINY, maskfeat, rows
 
+from maskfeat.builder import build_classifier, load_pretrained
 from maskfeat.checkpoint import write_encoder
-from maskfeat.finetune import build_classifier, label_subset, load_pretrained
+from maskfeat.data.sampler import label_subset
 from maskfeat.models import create_encoder, encoder_model_args
 
 
@@ -104,13 +105,13 @@ def test_export_round_trip_gives_the_same_outputs_in_timm(pretrained, tmp_path):
     meta = json.loads((tmp_path / "exp" / "encoder.json").read_text())
     theirs = timm.create_model(meta["architecture"], pretrained=False, **{"num_classes": 0, **meta["model_args"]})
     theirs.load_state_dict(load_file(tmp_path / "exp" / "encoder.safetensors"), strict=True)
+    from maskfeat.builder import build_pretrain_model
     from maskfeat.checkpoint import load_checkpoint
     from maskfeat.config import load_config
-    from maskfeat.pretrain import build_model
 
     ckpt = load_checkpoint(str(pretrained / "checkpoint-last.pt"))
     cfg = load_config("pretrain", None, [f"{k}" for k in TINY])
-    ours, _ = build_model(cfg)
+    ours, _ = build_pretrain_model(cfg)
     ours.load_state_dict(ckpt["model"])
     x = torch.randn(2, 3, 32, 32)
     ours.eval(), theirs.eval()

@@ -75,7 +75,7 @@ def test_ctrl_c_saves_at_the_step_boundary_exits_130_and_the_rerun_resumes(tmp_p
 
 
 def test_a_second_ctrl_c_stops_at_once_but_the_same_one_forwarded_again_does_not():
-    from maskfeat.runner import PreemptionSignals
+    from maskfeat.distributed import PreemptionSignals
 
     with PreemptionSignals(every=1) as signals:
         signals.REPEAT_S = 0.5

@@ -18,7 +18,7 @@ from maskfeat.models.registry import create_encoder
 
 REAL = SHARED_DATA / "videos"
 TINY_VIDEO = ["model.name=vit_s", "model.depth=1", "model.embed_dim=32", "model.num_heads=2", "data.image_size=32",
-              "data.num_frames=4", "data.frame_stride=2", "data.short_side=[36,44]", "train.batch_size=4",
+              "video.num_frames=4", "video.frame_stride=2", "video.short_side=[36,44]", "train.batch_size=4",
               "train.log_every=2", "data.num_workers=0", "train.warmup_epochs=1"]  # fmt: skip
 
 
@@ -55,8 +55,8 @@ def test_video_pretrain_then_finetune_with_multiview_evaluation(clips, tmp_path)
     ft = tmp_path / "ft"
     r = maskfeat("finetune", *TINY_VIDEO, f"data.path={clips / 'train'}", f"data.val_path={clips / 'val'}",
                  f"output_dir={ft}", "train.epochs=1", f"model.checkpoint={pre / 'encoder.safetensors'}",
-                 "data.num_clips=2", "data.num_crops=3", "data.max_bad_fraction=0.2",
-                 "data.repeated_aug=2", "data.auto_augment=rand-m7-n4-mstd0.5-inc1", "data.reprob=0.25")  # fmt: skip
+                 "video.num_clips=2", "video.num_crops=3", "data.max_bad_fraction=0.2",
+                 "video.repeated_aug=2", "data.auto_augment=rand-m7-n4-mstd0.5-inc1", "data.reprob=0.25")  # fmt: skip
     assert r.returncode == 0, r.stderr
     n_train = sum(1 for p in (clips / "train").rglob("*.*") if p.parent != clips / "train")  # videos (+ broken)
     # repeated augmentation: batches of 4 clips are 2 videos x 2 augmentations, so an epoch has n // 2 steps

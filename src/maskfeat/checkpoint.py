@@ -20,7 +20,7 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save
 
-from maskfeat.config import Config
+from maskfeat.config import Config, upgrade_saved_config
 from maskfeat.distributed import is_main_process, load_training_state
 from maskfeat.errors import ConfigError
 
@@ -90,6 +90,22 @@ def gather_rng_states() -> list[dict]:
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
     """``torch.save(state)`` atomically."""
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+def save_training_checkpoint(out: str, name: str, state: dict[str, Any], keep: int) -> None:
+    """Save a training state as ``out/name`` and, with ``keep`` > 0, as ``out/checkpoint-<step>.pt``, keeping the
+    newest ``keep`` numbered ones. A failed write (disk full, quota, permissions) is a warning: the previous
+    checkpoint is intact (atomic writes) and training goes on."""
+    step = state["step"]
+    try:
+        save_checkpoint(os.path.join(out, name), state)
+        if keep > 0:
+            save_checkpoint(os.path.join(out, f"checkpoint-{step:08d}.pt"), state)
+            for old in numbered_checkpoints(out)[:-keep]:
+                os.unlink(old)
+    except OSError as e:
+        log.warning(f"could not write the step {step} checkpoint to {out} ({e.strerror or e}); the previous "
+                    "checkpoint is intact and training goes on")  # fmt: skip
 
 
 def load_checkpoint(path: str, allow_pickle: bool = False) -> dict[str, Any]:
@@ -170,7 +186,7 @@ def check_same_run(cfg: DictConfig, saved: dict | None = None) -> None:
     if not saved:
         return
     try:  # a key the saved run did not have (an older maskfeat) had its default
-        saved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), saved))
+        saved = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), upgrade_saved_config(saved)))
     except Exception:  # a key that no longer exists: compare as saved
         pass
     changed = config_differences(saved, OmegaConf.to_container(cfg))
@@ -238,36 +254,6 @@ def encoder_state_dict(model_state: dict[str, torch.Tensor], prefix: str = "enco
     return {k[len(prefix) :]: v for k, v in model_state.items() if k.startswith(prefix)}
 
 
-def make_pretrained_cfg(config: Any, num_classes: int = 0, label_names: list[str] | None = None) -> dict[str, Any]:
-    """How the encoder was trained to be used, in timm's ``pretrained_cfg`` keys, from a run's config (a
-    ``DictConfig`` or the plain dict a checkpoint saves).
-
-    Images: ``input_size`` ``[3, H, W]``, ImageNet ``mean``/``std`` (every maskfeat transform normalises with
-    them), ``interpolation`` bicubic and ``crop_pct`` = ``data.crop_pct`` (evaluation resizes the short side to
-    ``H / crop_pct``, then crops the centre), so that ``timm.data.resolve_data_config({}, model=model)`` of a
-    model built with ``timm.create_model(..., pretrained_cfg_overlay=pretrained_cfg)`` gives maskfeat's own
-    evaluation transform. Video encoders (not timm models) add ``num_frames`` and ``frame_stride`` (clips of
-    ``num_frames`` frames, every ``frame_stride``-th); their frames are resized bilinearly, short side to ``H``,
-    and centre-cropped, hence ``crop_pct`` 1. ``num_classes`` (0: no classifier) and, for a classifier,
-    ``label_names`` (its class folder names, in output order) describe the head.
-    """
-    from maskfeat.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
-
-    data = config["data"]
-    size = int(data["image_size"])
-    cfg: dict[str, Any] = {"input_size": [3, size, size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    if config["model"]["name"] in VIDEO_ARCHITECTURES:
-        cfg.update(interpolation="bilinear", crop_pct=1.0, num_frames=int(data["num_frames"]),
-                   frame_stride=int(data["frame_stride"]))  # fmt: skip
-    else:
-        cfg.update(interpolation="bicubic", crop_pct=float(data["crop_pct"]))
-    cfg["num_classes"] = int(num_classes)
-    if label_names:
-        cfg["label_names"] = [str(n) for n in label_names]
-    return cfg
-
-
 def write_encoder(
     out_dir: str,
     state: dict[str, torch.Tensor],
@@ -276,7 +262,7 @@ def write_encoder(
     pretrained_cfg: dict | None = None,
 ) -> None:
     """Write ``encoder.safetensors`` and ``encoder.json``: timm's ``{"architecture", "model_args"}``, plus
-    ``pretrained_cfg`` (see :func:`make_pretrained_cfg`) when given.
+    ``pretrained_cfg`` (see :func:`maskfeat.builder.make_pretrained_cfg`) when given.
 
     Image ViTs: ``timm.create_model(architecture, pretrained=False, pretrained_cfg_overlay=pretrained_cfg,
     **{"num_classes": 0, **model_args})`` rebuilds the encoder and loads the weights strictly.
@@ -304,34 +290,11 @@ def read_encoder(path: str, allow_pickle: bool = False) -> tuple[dict[str, torch
             return load_file(path), meta
         except Exception as e:
             raise ValueError(f"cannot read {path}: {_first_line(e)}") from None
-    ckpt = load_checkpoint(path, allow_pickle)
+    return checkpoint_encoder(load_checkpoint(path, allow_pickle), path)
+
+
+def checkpoint_encoder(ckpt: dict[str, Any], path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The encoder's weights and its ``encoder`` entry (architecture, model_args, ...) in a loaded checkpoint."""
     if "model" not in ckpt or "encoder" not in ckpt:
         raise ValueError(f"{path} is not a maskfeat checkpoint (no 'model'/'encoder' entries)")
-    return encoder_state_dict(ckpt["model"], ckpt.get("encoder_prefix", "encoder.")), _complete_meta(ckpt)
-
-
-def _complete_meta(ckpt: dict[str, Any]) -> dict:
-    """The checkpoint's ``encoder`` entry, completed as runs write it today for checkpoints of older versions:
-    ``pretrained_cfg`` from the run's saved config, and image ViT pre-training encoders pooled as maskfeat
-    probes them (``global_pool="avg"`` over the final-norm patch tokens, ``fc_norm=False``: same weights)."""
-    meta = dict(ckpt["encoder"])
-    args = dict(meta.get("model_args", {}))
-    config = ckpt.get("config")
-    if "pretrained_cfg" not in meta and isinstance(config, dict):
-        try:
-            meta["pretrained_cfg"] = make_pretrained_cfg(config, args.get("num_classes", 0), ckpt.get("classes"))
-        except (KeyError, TypeError, ValueError):  # a config without these keys: leave timm's defaults
-            pass
-    from maskfeat.models.vit import ARCHITECTURES
-
-    if meta.get("architecture") in ARCHITECTURES and "global_pool" not in args and "num_classes" not in args:
-        meta["model_args"] = {**args, "global_pool": "avg", "fc_norm": False}
-    return meta
-
-
-def export(checkpoint: str, out_dir: str, allow_pickle: bool = False) -> None:
-    """``maskfeat export``: encoder weights of any checkpoint of ours as safetensors + encoder.json."""
-    state, meta = read_encoder(checkpoint, allow_pickle)
-    if meta is None:
-        raise ValueError(f"{checkpoint} has no encoder.json beside it: cannot name its architecture")
-    write_encoder(out_dir, state, meta["architecture"], meta["model_args"], meta.get("pretrained_cfg"))
+    return encoder_state_dict(ckpt["model"], ckpt.get("encoder_prefix", "encoder.")), dict(ckpt["encoder"])

@@ -84,9 +84,9 @@ def _run(args: argparse.Namespace) -> int:
 
     setup_logging(args.debug)
     if args.command == "export":
-        from maskfeat.checkpoint import export
+        from maskfeat.export import run_export
 
-        export(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle)
+        run_export(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle)
         print(f"wrote {args.out_dir}/encoder.safetensors and {args.out_dir}/encoder.json")
         return 0
 
@@ -101,10 +101,14 @@ def _run(args: argparse.Namespace) -> int:
         from maskfeat.pretrain import run_pretrain
 
         run_pretrain(cfg)
-    elif args.command in ("finetune", "linprobe", "evaluate"):
+    elif args.command in ("finetune", "linprobe"):
         from maskfeat import finetune
 
         getattr(finetune, f"run_{args.command}")(cfg)
+    elif args.command == "evaluate":
+        from maskfeat.evaluate import run_evaluate
+
+        run_evaluate(cfg)
     elif args.command == "visualize":
         from maskfeat.visualize import run_visualize
 

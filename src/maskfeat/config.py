@@ -24,8 +24,8 @@ from maskfeat.config_checks import PATHS_READ, validate
 from maskfeat.config_docs import commented_yaml, describe_fields
 from maskfeat.errors import ConfigError
 
-__all__ = ["COMMAND_DEFAULTS", "PATHS_READ", "Config", "ConfigError", "field_descriptions", "load_config", "to_yaml",
-           "valid_keys", "validate"]  # fmt: skip
+__all__ = ["COMMAND_DEFAULTS", "PATHS_READ", "RENAMED", "Config", "ConfigError", "field_descriptions", "load_config",
+           "to_yaml", "upgrade_saved_config", "valid_keys", "validate"]  # fmt: skip
 
 
 # The fields with a fixed set of choices (OmegaConf rejects any other value; load_config names the key). Each
@@ -53,16 +53,20 @@ class DataConfig:
     label_fraction: float = 1.0  # finetune / linprobe: train on this class-balanced fraction of the labels
     auto_augment: str | None = None  # timm RandAugment spec for finetune, e.g. rand-m9-mstd0.5-inc1
     reprob: float = 0.0  # random erasing probability (finetune; video: one box through all frames)
-    repeated_aug: int = 1  # video finetune: augmented clips per decoded video (repeated augmentation; the batch
-    # of train.batch_size clips holds batch_size / repeated_aug videos)
     crop_pct: float = 0.875  # evaluation: centre crop of the image resized to image_size / crop_pct
-    num_frames: int = 16  # video: frames per clip
-    frame_stride: int = 4  # video: take every N-th frame (16 x 4 = the official Kinetics clip)
-    short_side: list[int] = field(default_factory=lambda: [256, 320])  # video training: short-side jitter range
-    num_clips: int = 1  # video evaluation: temporal clips per video (scores averaged)
-    num_crops: int = 1  # video evaluation: spatial crops per clip, 1 (centre) or 3
-    video_backend: VideoBackend = VideoBackend.pyav  # video decoding: pyav | torchcodec (optional install) | auto
-    # (torchcodec if usable)
+
+
+@dataclass
+class VideoConfig:
+    num_frames: int = 16  # frames per clip
+    frame_stride: int = 4  # take every N-th frame (16 x 4 = the official Kinetics clip)
+    short_side: list[int] = field(default_factory=lambda: [256, 320])  # training: short-side jitter range, pixels
+    num_clips: int = 1  # evaluation: temporal clips per video (scores averaged)
+    num_crops: int = 1  # evaluation: spatial crops per clip, 1 (centre) or 3
+    repeated_aug: int = 1  # finetune: augmented clips per decoded video (repeated augmentation; the batch of
+    # train.batch_size clips holds batch_size / repeated_aug videos)
+    backend: VideoBackend = VideoBackend.pyav  # decoding: pyav | torchcodec (optional install) | auto (torchcodec if
+    # usable)
 
 
 @dataclass
@@ -137,6 +141,7 @@ class VisualizeConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)  # the clips of video models (image models ignore it)
     model: ModelConfig = field(default_factory=ModelConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
@@ -171,6 +176,29 @@ COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Keys that moved, old -> new. An old key in a file or override is a one-line error naming its new place; the
+# saved configs of older runs are read with them moved (:func:`upgrade_saved_config`).
+RENAMED = {
+    **{f"data.{k}": f"video.{k}" for k in ("num_frames", "frame_stride", "short_side", "num_clips", "num_crops",
+                                           "repeated_aug")},
+    "data.video_backend": "video.backend",
+}  # fmt: skip
+
+
+def upgrade_saved_config(config: Any) -> dict:
+    """A run's saved config (a checkpoint's dict, or a DictConfig) as a plain dict with the keys of older versions
+    (:data:`RENAMED`) moved to their current place."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, enum_to_str=True)
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for old, new in RENAMED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = config.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            config.setdefault(new_section, {})[new_key] = section.pop(old_key)
+    return config
+
+
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     """All dotted leaf keys of a nested dict / DictConfig."""
     keys: list[str] = []
@@ -195,6 +223,8 @@ def _check_keys(user: dict, source: str) -> None:
     for key in _flat_keys(user):
         if key in valid:
             continue
+        if key in RENAMED:
+            raise ConfigError(f"{source}: '{key}' is now '{RENAMED[key]}'")
         if key in sections:
             raise ConfigError(f"{source}: '{key}' is a section, give one of its keys (e.g. {key}.<name>=...)")
         near = [k for k in valid if k.endswith("." + key)] or _nearest(key, valid)

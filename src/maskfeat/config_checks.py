@@ -9,9 +9,9 @@ import os
 from omegaconf import DictConfig
 
 from maskfeat.errors import ConfigError
-from maskfeat.models.names import VIDEO_ARCHITECTURES, VIDEO_PATCH_SIZE, all_architectures, encoder_patch_size
+from maskfeat.models.names import check_model_settings
 
-__all__ = ["IMAGE_MASKS", "PATHS_READ", "VIDEO_MASKS", "validate"]
+__all__ = ["PATHS_READ", "validate"]
 
 # The data folders each command reads (the others may be set in a shared YAML file and are not checked).
 PATHS_READ = {
@@ -21,8 +21,6 @@ PATHS_READ = {
     "linprobe": ("path", "val_path"),
     "evaluate": ("val_path",),
 }
-IMAGE_MASKS = ("block", "random")
-VIDEO_MASKS = ("cube", "tube", "frame", "random")
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -33,7 +31,7 @@ def _require(cond: bool, msg: str) -> None:
 def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
     """Check ranges and compatible sizes before any work starts; with ``check_paths``, also that the files the
     command reads exist (``--keys`` only prints the config, so it checks none)."""
-    d, m, t, tr = cfg.data, cfg.model, cfg.target, cfg.train
+    d, m, tr = cfg.data, cfg.model, cfg.train
     _require(d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
     _require(
         len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
@@ -45,47 +43,10 @@ def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
         for key in PATHS_READ.get(command, ("path", "val_path")):
             p = d[key]
             _require(p is None or os.path.exists(p), f"data.{key} does not exist: {p}")
-    names = all_architectures()
-    _require(m.name in names, f"model.name '{m.name}' is not a known architecture; choose one of {', '.join(names)}")
-    video = m.name in VIDEO_ARCHITECTURES
-    if video:
-        _require(d.num_frames > 0 and d.num_frames % 2 == 0, f"data.num_frames must be even, got {d.num_frames}")
-        _require(d.frame_stride > 0, f"data.frame_stride must be positive, got {d.frame_stride}")
-        _require(len(d.short_side) == 2 and 0 < d.short_side[0] <= d.short_side[1],
-                 f"data.short_side must be [lo, hi] with 0 < lo <= hi, got {list(d.short_side)}")  # fmt: skip
-        _require(d.num_clips > 0 and d.num_crops in (1, 3), "data.num_clips must be >= 1 and data.num_crops 1 or 3")
-        _require(0 <= t.frame_index < 2, f"target.frame_index must be 0 or 1 (2-frame patches), got {t.frame_index}")
-        _require(m.patch_size is None, "model.patch_size is fixed for video models (2x16x16 tubelets)")
-        if m.name.startswith("mvit"):
-            _require(m.depth is None, "model.depth does not apply to MViT (its stage depths are fixed by size)")
-            _require(d.image_size % 32 == 0, f"data.image_size must be a multiple of 32 for MViT, got {d.image_size}")
-    masks = VIDEO_MASKS if video else IMAGE_MASKS
-    _require(cfg.mask.type == "auto" or cfg.mask.type in masks,
-             f"mask.type must be auto or one of {', '.join(masks)} for {'video' if video else 'image'} models, "
-             f"got '{cfg.mask.type}'")  # fmt: skip
-    if cfg.mask.unit is not None:
-        _require(len(cfg.mask.unit) == (3 if video else 2) and all(u > 0 for u in cfg.mask.unit),
-                 f"mask.unit must have {3 if video else 2} positive factors, got {list(cfg.mask.unit)}")  # fmt: skip
-    patch = VIDEO_PATCH_SIZE if video else encoder_patch_size(m.name, m.patch_size)
-    _require(patch > 0, f"model.patch_size must be positive, got {patch}")
-    _require(
-        d.image_size % patch == 0,
-        f"data.image_size={d.image_size} is not divisible by the patch size {patch} (model.patch_size)",
-    )
+    check_model_settings(cfg, command)
     _require(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
     _require(not check_paths or m.checkpoint is None or os.path.isfile(m.checkpoint),
              f"model.checkpoint not found: {m.checkpoint}")  # fmt: skip
-    if t.name == "hog" and command in ("pretrain", "visualize"):  # the target only matters where it is predicted
-        _require(t.cell_size > 0 and t.nbins > 0, "target.cell_size and target.nbins must be positive")
-        _require(
-            patch % t.cell_size == 0,
-            f"patch size {patch} is not divisible by the HOG cell size target.cell_size={t.cell_size}",
-        )
-        if t.gaussian_window:
-            _require(
-                d.image_size % t.gaussian_window == 0,
-                f"data.image_size={d.image_size} is not divisible by target.gaussian_window={t.gaussian_window}",
-            )
     _require(0 < cfg.mask.ratio < 1, f"mask.ratio must be in (0, 1), got {cfg.mask.ratio}")
     _require(tr.epochs > 0, f"train.epochs must be positive, got {tr.epochs}")
     _require(tr.batch_size > 0, f"train.batch_size must be positive, got {tr.batch_size}")
@@ -102,12 +63,6 @@ def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
     _require(0 <= tr.label_smoothing < 1, f"train.label_smoothing must be in [0, 1), got {tr.label_smoothing}")
     _require(0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}")
     _require(0 <= d.reprob <= 1, f"data.reprob must be in [0, 1], got {d.reprob}")
-    _require(d.repeated_aug >= 1, f"data.repeated_aug must be >= 1, got {d.repeated_aug}")
-    _require(video or d.repeated_aug == 1, "data.repeated_aug applies to video models; use 1 for images")
-    _require(
-        tr.batch_size % d.repeated_aug == 0,
-        f"train.batch_size={tr.batch_size} must be a multiple of data.repeated_aug={d.repeated_aug} (clips per video)",
-    )
     _require(0 < d.crop_pct <= 1, f"data.crop_pct must be in (0, 1], got {d.crop_pct}")
     if command == "evaluate":
         _require(m.checkpoint is not None, "evaluate needs model.checkpoint=... (a finetune or linprobe checkpoint)")

@@ -1,7 +1,8 @@
-"""The training loop as plain functions: one epoch of MaskFeat pre-training.
+"""The training loop as plain functions, in the spirit of MAE's ``train_one_epoch``: what is trained (:class:`Job`),
+how (:class:`LoopOptions`), and :func:`train_steps`, which runs optimizer steps until it is told to stop.
 
 No host-device synchronisation per step: per-step losses stay on the device and are read once per logging
-interval (or before a checkpoint), where a non-finite value stops the run naming the exact step.
+interval (and at every stop, before a checkpoint), where a non-finite value stops the run naming the exact step.
 """
 
 from __future__ import annotations
@@ -9,33 +10,58 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from maskfeat.errors import NonFiniteLossError, Preempted
+from maskfeat.errors import NonFiniteLossError
+
+LossFn = Callable[[nn.Module, dict], "torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+@dataclass
+class Job:
+    """Everything a run trains. ``model`` is what is saved; ``train_model`` what runs (DDP / compiled; default
+    ``model``). ``loss_fn(train_model, batch)`` returns the loss of a collated batch on the device, or
+    ``(loss, extras)`` with ``extras`` scalar tensors (no gradient) logged beside the loss by name."""
+
+    model: nn.Module
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # timm scheduler: ``step_update(step)`` sets the learning rate of optimizer step ``step``
+    loader: torch.utils.data.DataLoader
+    sampler: object  # SeededSampler: ``set_epoch``, ``set_start``, ``num_samples``
+    steps_per_epoch: int
+    total_steps: int
+    extra: dict = field(default_factory=dict)  # saved in every checkpoint (e.g. the encoder's architecture)
+    evaluate: Callable[[], dict] | None = None  # returns {"top1", "top5", ...}; called after each epoch
+    train_model: nn.Module | None = None
+    sharded: bool = False  # the model is sharded with FSDP (see distributed.shard_model)
+    sample: str = "img"  # what one sample is, for the console's rate: img (images/s) or clips (clips/s)
+
+    def __post_init__(self) -> None:
+        if self.train_model is None:
+            self.train_model = self.model
 
 
 @dataclass
 class LoopOptions:
-    """How to run the loop (explicit arguments, no config object)."""
+    """How to run the loop (explicit values, no config object)."""
 
     device: torch.device
-    steps_per_epoch: int  # optimizer steps in one epoch
     accum_steps: int = 1  # batches per optimizer step
     clip_grad: float | None = None  # max global gradient L2 norm
     amp_dtype: torch.dtype | None = None  # autocast dtype, None = full precision
     log_every: int = 20  # optimizer steps between logging rows
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0 = epoch ends only)
-    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
-    stop_requested: Callable[[int], bool] | None = None  # (step) -> True when a pre-emption signal arrived
+    signals: object | None = None  # distributed.PreemptionSignals: ``requested(step)`` is True once a signal came
 
 
 @dataclass
 class LoopStats:
-    """Counters carried across epochs."""
+    """Counters carried across calls."""
 
     bad_images: int = 0  # samples that could not be decoded so far
     bad_files: list = field(default_factory=list)  # their paths
@@ -44,6 +70,14 @@ class LoopStats:
     pending_extras: list = field(default_factory=list)  # per step: {name: tensor} from loss_fn, not yet read back
     images_since_log: int = 0
     time_since_log: float = field(default_factory=time.perf_counter)
+    last_row: dict = field(default_factory=dict)  # the newest logged row
+
+
+class StepLog(Protocol):
+    """Where logging rows go: ``write(row, bad_files)`` at each logging step, on every process at the same steps
+    (it may run a collective: see runner.TrainLog)."""
+
+    def write(self, row: dict, bad_files: list[str]) -> None: ...
 
 
 def _flush(stats: LoopStats) -> float:
@@ -58,99 +92,100 @@ def _flush(stats: LoopStats) -> float:
     return sum(values) / len(values)
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable[dict],
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler: torch.amp.GradScaler,
-    opts: LoopOptions,
-    epoch: int,
-    step: int,
-    stats: LoopStats,
-    loss_fn: Callable[[nn.Module, dict], torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]],
-    on_log: Callable[[dict], None],
-    on_checkpoint: Callable[[int], None],
-) -> int:
-    """Train over ``loader`` until the epoch's last optimizer step. ``step`` is the number of optimizer steps done
-    before; returns the new count. ``loss_fn(model, batch)`` returns the loss of a collated batch whose tensors
-    (``images``, ``labels``, ``masks``) are already on the device, or ``(loss, extras)`` with ``extras`` a dict of
-    scalar tensors (no gradient) that are averaged like the loss and added to the logged rows by name.
+def _forward_backward(job: Job, batch: dict, scaler: torch.amp.GradScaler, opts: LoopOptions, sync: bool,
+                      sums: dict[str, torch.Tensor]) -> int:  # fmt: skip
+    """One micro-batch: loss, scaled backward (gradients synchronised only when ``sync``), the loss and extras
+    added to ``sums`` (divided by the accumulation steps). Returns the number of samples."""
+    batch = {k: v.to(opts.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    with _gradient_sync(job.train_model, sync):
+        dtype = opts.amp_dtype or torch.float32
+        with torch.autocast(opts.device.type, dtype=dtype, enabled=opts.amp_dtype is not None):
+            loss = job.loss_fn(job.train_model, batch)
+        loss, extras = loss if isinstance(loss, tuple) else (loss, {})
+        scaler.scale(loss / opts.accum_steps).backward()
+    for k, v in {"loss": loss, **extras}.items():
+        sums[k] = sums.get(k, 0.0) + v.detach().float() / opts.accum_steps
+    return len(batch["images"])
 
-    ``on_log(row)`` receives ``{step, epoch, loss, lr, images_per_s, bad_images, grad_norm, *extras}`` every
-    ``log_every`` steps; ``on_checkpoint(step)`` is called when a checkpoint is due (losses checked first).
-    """
-    model.train()
-    end_step = (epoch + 1) * opts.steps_per_epoch
-    if opts.max_steps:
-        end_step = min(end_step, opts.max_steps)
-    micro = (step % opts.steps_per_epoch) * opts.accum_steps  # batches of this epoch consumed before
-    step_loss = torch.zeros((), device=opts.device)
-    step_extras: dict[str, torch.Tensor] = {}
+
+def _optimizer_step(job: Job, scaler: torch.amp.GradScaler, clip_grad: float | None):
+    """Clip (when set), step, zero the gradients. Returns the gradient norm before clipping, or None."""
     grad_norm = None
-    for batch in loader:
-        if step >= end_step:
-            break
+    if clip_grad:
+        scaler.unscale_(job.optimizer)
+        grad_norm = nn.utils.clip_grad_norm_(job.train_model.parameters(), clip_grad)
+    scaler.step(job.optimizer)
+    scaler.update()
+    job.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def _row(stats: LoopStats, optimizer: torch.optim.Optimizer, step: int, epoch: int, grad_norm) -> dict:
+    """The logging row of ``step``: the losses and extras since the last row, averaged; lr, rate, counters."""
+    loss_mean = _flush(stats)  # also guards every checkpoint against non-finite weights
+    now = time.perf_counter()
+    row = {
+        "step": step,
+        "epoch": epoch,
+        "loss": loss_mean,
+        "lr": max(g["lr"] for g in optimizer.param_groups),  # the peak (layer decay scales the others down)
+        # samples per second: images, or clips for a video model (one key for both, as older runs have it)
+        "images_per_s": stats.images_since_log / max(now - stats.time_since_log, 1e-9),
+        "bad_images": stats.bad_images,
+    }
+    for k in dict.fromkeys(k for e in stats.pending_extras for k in e):  # averaged over the steps, as the loss
+        row[k] = float(torch.stack([e[k] for e in stats.pending_extras if k in e]).mean())
+    stats.pending_extras.clear()
+    if grad_norm is not None:  # FSDP: a DTensor, the same on every rank
+        row["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    stats.images_since_log, stats.time_since_log, stats.last_row = 0, now, row
+    return row
+
+
+def train_steps(job: Job, batches: Iterator[dict], scaler: torch.amp.GradScaler, opts: LoopOptions, epoch: int,
+                step: int, stop_at: int, stats: LoopStats, log: StepLog) -> tuple[int, bool]:  # fmt: skip
+    """Optimizer steps from ``step`` (the number done before) until ``stop_at``, a pre-emption signal, or the end
+    of ``batches`` (an iterator over one epoch's collated batches, positioned at ``step``'s first batch).
+
+    Each step takes ``opts.accum_steps`` batches; a batch whose samples were all unreadable (``images`` None)
+    still counts. A row goes to ``log`` every ``opts.log_every`` steps and at the stop (losses checked first).
+    Returns ``(step, preempted)``.
+    """
+    job.train_model.train()
+    sums: dict[str, torch.Tensor] = {}
+    grad_norm, micro = None, 0
+    for batch in batches:
         stats.bad_images += batch["num_bad"]
         stats.bad_files.extend(batch.get("bad_files", ()))
-        last_micro = micro % opts.accum_steps == opts.accum_steps - 1
         if micro % opts.accum_steps == 0:
-            scheduler.step_update(step)  # set this optimizer step's learning rate
+            job.scheduler.step_update(step)  # set this optimizer step's learning rate
         micro += 1
+        last_micro = micro % opts.accum_steps == 0
         if batch["images"] is not None:
-            batch = {k: v.to(opts.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with _gradient_sync(model, last_micro):
-                with torch.autocast(
-                    opts.device.type, dtype=opts.amp_dtype or torch.float32, enabled=opts.amp_dtype is not None
-                ):
-                    loss = loss_fn(model, batch)
-                loss, extras = loss if isinstance(loss, tuple) else (loss, {})
-                scaler.scale(loss / opts.accum_steps).backward()
-            step_loss += loss.detach() / opts.accum_steps
-            for k, v in extras.items():
-                step_extras[k] = step_extras.get(k, 0.0) + v.detach().float() / opts.accum_steps
-            stats.seen_images += len(batch["images"])
-            stats.images_since_log += len(batch["images"])
+            n = _forward_backward(job, batch, scaler, opts, last_micro, sums)
+            stats.seen_images += n
+            stats.images_since_log += n
         if not last_micro:
             continue
-        if opts.clip_grad:
-            scaler.unscale_(optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = _optimizer_step(job, scaler, opts.clip_grad)
         step += 1
-        stats.pending.append((step, step_loss))
-        stats.pending_extras.append(step_extras)
-        step_loss, step_extras = torch.zeros((), device=opts.device), {}
+        stats.pending.append((step, sums.pop("loss", torch.zeros((), device=opts.device))))
+        stats.pending_extras.append(sums)
+        sums = {}
+        preempted = opts.signals is not None and opts.signals.requested(step)
+        if step % opts.log_every == 0 or step == stop_at or preempted:
+            log.write(_row(stats, job.optimizer, step, epoch, grad_norm), stats.bad_files)
+        if step == stop_at or preempted:
+            return step, preempted
+    return step, False
 
-        preempted = opts.stop_requested is not None and opts.stop_requested(step)
-        checkpoint_due = preempted or step == end_step or (opts.checkpoint_every and step % opts.checkpoint_every == 0)
-        if step % opts.log_every == 0 or checkpoint_due:
-            loss_mean = _flush(stats)  # also guards every checkpoint against non-finite weights
-            now = time.perf_counter()
-            row = {
-                "step": step,
-                "epoch": epoch,
-                "loss": loss_mean,
-                "lr": max(g["lr"] for g in optimizer.param_groups),  # the peak (layer decay scales the others down)
-                # samples per second: images, or clips for a video model (one key for both, as older runs have it)
-                "images_per_s": stats.images_since_log / max(now - stats.time_since_log, 1e-9),
-                "bad_images": stats.bad_images,
-            }
-            for k in dict.fromkeys(k for e in stats.pending_extras for k in e):  # averaged over the steps, as the loss
-                values = [e[k] for e in stats.pending_extras if k in e]
-                row[k] = float(torch.stack(values).mean())
-            stats.pending_extras.clear()
-            if grad_norm is not None:  # FSDP: a DTensor, the same on every rank
-                row["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            on_log(row)
-            stats.images_since_log, stats.time_since_log = 0, now
-        if checkpoint_due:
-            on_checkpoint(step)
-        if preempted:
-            raise Preempted(step)
-    return step
+
+def train_one_epoch(job: Job, scaler: torch.amp.GradScaler, opts: LoopOptions, epoch: int, stats: LoopStats,
+                    log: StepLog) -> int:  # fmt: skip
+    """One whole epoch from its start, without checkpoints (``runner.fit`` adds resume, evaluation and
+    checkpoints around :func:`train_steps`). Returns the number of optimizer steps done."""
+    start = epoch * job.steps_per_epoch
+    return train_steps(job, iter(job.loader), scaler, opts, epoch, start, start + job.steps_per_epoch, stats, log)[0]
 
 
 def _gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:

@@ -1,8 +1,10 @@
-"""What every training command shares: ``Job`` (what is trained) and ``fit``, the outer loop that resumes, trains
-epoch by epoch, evaluates, logs and checkpoints. Device, processes and sharding live in :mod:`maskfeat.distributed`,
-checkpoints and resume in :mod:`maskfeat.checkpoint`, loaders in :mod:`maskfeat.data.loader`.
+"""What every training command shares: :func:`fit`, the outer loop that resumes, trains epoch by epoch with
+:func:`maskfeat.engine.train_steps`, evaluates, logs and checkpoints. Device, processes and sharding live in
+:mod:`maskfeat.distributed`, checkpoint files and resume in :mod:`maskfeat.checkpoint`, loaders in
+:mod:`maskfeat.data.loader`.
 
-``pretrain``, ``finetune`` and ``linprobe`` build their model, loss and optimizer, then hand them to ``fit``.
+``pretrain``, ``finetune`` and ``linprobe`` build a :class:`~maskfeat.engine.Job` with :mod:`maskfeat.builder`,
+then hand it to :func:`fit`.
 """
 
 from __future__ import annotations
@@ -10,60 +12,46 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from maskfeat import checkpoint as ckpt_io
-from maskfeat.checkpoint import FREE_ON_RESUME, check_same_run, config_differences, gather_rng_states
+from maskfeat.builder import build_optimizer_and_schedule
 from maskfeat.config import to_yaml
-from maskfeat.data import SeededSampler
-from maskfeat.data.loader import SAMPLE_IMAGE_SIZE, data_folder, make_loader
 from maskfeat.distributed import (
     PreemptionSignals,
     all_gather_lists,
     cleanup,
     is_main_process,
-    load_training_state,
     model_state,
     optimizer_state,
-    resolve_device,
-    setup_run,
     shard_model,
     wrap_for_training,
 )
-from maskfeat.engine import LoopOptions, LoopStats, train_one_epoch
-from maskfeat.errors import Interrupted, Preempted
-from maskfeat.models.names import is_video_architecture
+from maskfeat.engine import Job, LoopOptions, LoopStats, train_steps
+from maskfeat.errors import ConfigError, Interrupted, Preempted
 from maskfeat.tracking import RunLog
 
-__all__ = [  # the names moved to checkpoint.py, distributed.py and data/loader.py stay importable from here
-    "FREE_ON_RESUME",
-    "SAMPLE_IMAGE_SIZE",
-    "BadFiles",
-    "Job",
-    "PreemptionSignals",
-    "amp_dtype",
-    "check_same_run",
-    "config_differences",
-    "data_folder",
-    "fit",
-    "gather_rng_states",
-    "load_training_state",
-    "make_loader",
-    "model_state",
-    "optimizer_state",
-    "resolve_device",
-    "resume",
-    "setup_run",
-    "shard_model",
-    "wrap_for_training",
-]
+__all__ = ["BadFiles", "Job", "TrainLog", "amp_dtype", "final_state", "fit", "place", "steps_per_epoch"]
 
 log = logging.getLogger("maskfeat")
+
+
+def place(cfg: DictConfig, model: nn.Module, kind: str, spe: int, device: torch.device, rank: int,
+          world_size: int) -> tuple[torch.optim.Optimizer, object, nn.Module, bool]:  # fmt: skip
+    """Put ``model`` on ``device``, shard it (``train.strategy=fsdp``), build its optimizer and schedule for ``kind``
+    (see :func:`maskfeat.builder.build_optimizer_and_schedule`), seed this rank's random stream (drop path; a resume
+    restores it) and wrap the model for training (DDP / compile). Returns (optimizer, scheduler, train_model,
+    sharded)."""
+    tr = cfg.train
+    model.to(device)
+    sharded = shard_model(model, device, world_size, tr.strategy, amp_dtype(tr.amp, device))
+    optimizer, scheduler = build_optimizer_and_schedule(cfg, model, kind, spe)
+    torch.manual_seed(cfg.seed + rank)
+    return optimizer, scheduler, wrap_for_training(model, device, world_size, tr.compile, sharded), sharded
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -73,32 +61,16 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
 
 
-@dataclass
-class Job:
-    """Everything ``fit`` trains. ``model`` is what is saved; ``train_model`` what runs (DDP / compiled)."""
-
-    model: nn.Module
-    loss_fn: Callable[[nn.Module, dict], torch.Tensor]  # (train_model, batch on device) -> scalar loss
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    loader: torch.utils.data.DataLoader
-    sampler: SeededSampler
-    steps_per_epoch: int
-    total_steps: int
-    extra: dict = field(default_factory=dict)  # saved in every checkpoint (e.g. the encoder's architecture)
-    evaluate: Callable[[], dict] | None = None  # returns {"top1", "top5", ...}; called after each epoch
-    finish: Callable[[dict], None] | None = None  # rank 0, at the end, given the full model state dict
-    train_model: nn.Module | None = None
-    sharded: bool = False  # the model is sharded with FSDP (see shard_model)
-
-
-def resume(cfg: DictConfig, job: Job, scaler: torch.amp.GradScaler) -> tuple[int, dict]:
-    """Load the newest readable checkpoint of ``output_dir`` into the job when there is one (see
-    :func:`maskfeat.checkpoint.resume_training`).
-
-    Returns the step to continue from and the best evaluation metrics so far.
-    """
-    return ckpt_io.resume_training(cfg, job.model, job.optimizer, scaler, job.sharded, job.total_steps)
+def steps_per_epoch(num_items: int, source: str, batch_size: int, accum_steps: int, world_size: int,
+                    noun: str) -> int:  # fmt: skip
+    """Optimizer steps per pass over ``num_items`` samples (drop-last batches on every process)."""
+    steps = num_items // world_size // batch_size // accum_steps
+    if steps == 0:
+        raise ConfigError(
+            f"{num_items} {noun} in {source} are fewer than one optimizer step needs (train.batch_size="
+            f"{batch_size} x train.accum_steps={accum_steps} x {world_size} processes)"
+        )
+    return steps
 
 
 class BadFiles:
@@ -140,114 +112,148 @@ class BadFiles:
         return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
 
 
-def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> dict:
+class TrainLog:
+    """What a logging step does (a :class:`~maskfeat.engine.StepLog`): share the unreadable files found so far
+    with the other processes (every rank logs at the same steps, so the ranks are in step here), then write the
+    row to metrics.jsonl / TensorBoard and show the progress."""
+
+    def __init__(self, run_log: RunLog, bad: BadFiles):
+        self.run_log, self.bad = run_log, bad
+
+    def write(self, row: dict, bad_files: list[str]) -> None:
+        self.bad.update(bad_files)
+        self.run_log.write(row)
+        self.run_log.progress(row["step"], row)
+
+
+@dataclass
+class _Run:
+    """The state ``fit`` carries through a run (explicit, passed to each helper)."""
+
+    cfg: DictConfig
+    job: Job
+    scaler: torch.amp.GradScaler
+    opts: LoopOptions
+    run_log: RunLog
+    log: TrainLog
+    stats: LoopStats
+    end: int  # the step the run stops at (train.max_steps or the schedule's end)
+    best: dict  # the best evaluation metrics so far
+
+
+def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> tuple[dict, dict | None]:
     """Train ``job`` for ``train.epochs`` (or ``train.max_steps``), resuming from ``output_dir`` when it holds a
     checkpoint. Writes config.yaml, metrics.jsonl, tb/, checkpoint-last.pt (and numbered / best checkpoints).
-    Returns ``{"step", "loss", "best_top1", "output_dir", "seconds"}``.
+
+    Returns ``({"step", "loss", "best_top1", "output_dir", "seconds"}, state)``: ``state`` is the final model
+    state dict on rank 0 (gathered when sharded), None on the other ranks; the process group is down by then.
+    The caller writes the final weights from it.
     """
     tr, out = cfg.train, cfg.output_dir
-    main = is_main_process()
     dtype = amp_dtype(tr.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step, best = resume(cfg, job, scaler)
-    if main:
+    step, best = ckpt_io.resume_training(cfg, job.model, job.optimizer, scaler, job.sharded, job.total_steps)
+    if is_main_process():
         os.makedirs(out, exist_ok=True)
         ckpt_io.atomic_write(os.path.join(out, "config.yaml"), lambda f: f.write(to_yaml(cfg).encode()))
         log.info(summary_line + f"; {job.total_steps} steps -> {out}")
-    sample = "clips" if is_video_architecture(cfg.model.name) else "img"
-    run_log = RunLog(out, job.total_steps, start_step=step, enabled=main, sample=sample)
-    stats = LoopStats()
-    opts = LoopOptions(device=device, steps_per_epoch=job.steps_per_epoch, accum_steps=tr.accum_steps,
-                       clip_grad=tr.clip_grad, amp_dtype=dtype, log_every=tr.log_every,
-                       checkpoint_every=tr.checkpoint_every, max_steps=tr.max_steps)  # fmt: skip
-    last_row: dict = {}
+    run_log = RunLog(out, job.total_steps, start_step=step, enabled=is_main_process(), sample=job.sample)
+    opts = LoopOptions(device=device, accum_steps=tr.accum_steps, clip_grad=tr.clip_grad, amp_dtype=dtype,
+                       log_every=tr.log_every)  # fmt: skip
     bad = BadFiles(job.sampler.num_samples, cfg.data.max_bad_fraction)
-
-    def on_log(row: dict) -> None:
-        nonlocal last_row
-        last_row = row
-        bad.update(stats.bad_files)  # every rank logs at the same steps: the ranks are in step here
-        run_log.write(row)
-        run_log.progress(row["step"], row)
-
     end = min(job.total_steps, tr.max_steps) if tr.max_steps else job.total_steps
-
-    def evaluate(at_step: int) -> None:
-        nonlocal best
-        metrics = job.evaluate()
-        job.model.train()
-        epoch = (at_step - 1) // job.steps_per_epoch
-        run_log.write({"step": at_step, "epoch": epoch, **metrics}, prefix="val")
-        if main:
-            log.info(f"epoch {epoch} step {at_step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-        if metrics["top1"] > best["top1"]:
-            best = dict(metrics)
-            save(at_step, "checkpoint-best.pt", numbered=False)
-
-    def on_checkpoint(at_step: int) -> None:
-        """Called by the loop when a checkpoint is due; at an epoch's end, evaluate first (so the saved state
-        knows the best score so far)."""
-        if job.evaluate is not None and (at_step % job.steps_per_epoch == 0 or at_step == end):
-            evaluate(at_step)
-        save(at_step)
-
-    def save(at_step: int, name: str = ckpt_io.LAST, numbered: bool = True) -> None:
-        """Called on every rank: gathering a sharded model's state and the ranks' random states are collective."""
-        model_sd = model_state(job.model, job.sharded)
-        optim_sd = optimizer_state(job.model, job.optimizer, job.sharded)
-        rngs = gather_rng_states()
-        if not main:
-            return
-        state = {
-            "model": model_sd,
-            "optimizer": optim_sd,
-            "scaler": scaler.state_dict(),
-            "step": at_step,
-            "rng": rngs[0],
-            "rng_ranks": rngs,
-            "sharded": job.sharded,
-            "config": OmegaConf.to_container(cfg, enum_to_str=True),
-            "best": best,
-            **job.extra,
-        }
-        try:
-            ckpt_io.save_checkpoint(os.path.join(out, name), state)
-            if numbered and tr.keep_checkpoints > 0:
-                ckpt_io.save_checkpoint(os.path.join(out, f"checkpoint-{at_step:08d}.pt"), state)
-                for old in ckpt_io.numbered_checkpoints(out)[: -tr.keep_checkpoints]:
-                    os.unlink(old)
-        except OSError as e:  # disk full, quota, permissions: the previous checkpoint is intact (atomic writes)
-            log.warning(f"could not write the step {at_step} checkpoint to {out} ({e.strerror or e}); the previous "
-                        "checkpoint is intact and training goes on")  # fmt: skip
-
-    train_model = job.train_model if job.train_model is not None else job.model
+    run = _Run(cfg, job, scaler, opts, run_log, TrainLog(run_log, bad), LoopStats(), end, best)
     t0 = time.perf_counter()
     with PreemptionSignals(tr.log_every) as signals:
-        opts.stop_requested = signals.requested
+        opts.signals = signals
         try:
             while step < end:
-                epoch = step // job.steps_per_epoch
-                job.sampler.set_epoch(epoch)
-                job.sampler.set_start((step % job.steps_per_epoch) * tr.accum_steps * job.loader.batch_size)
-                step = train_one_epoch(train_model, job.loader, job.optimizer, job.scheduler, scaler, opts, epoch,
-                                       step, stats, job.loss_fn, on_log, on_checkpoint)  # fmt: skip
+                step = _train_epoch(run, step)
         except Preempted as e:
             if signals.received == "SIGINT":  # Ctrl-C: exit status 130, as an interrupted command
                 raise Interrupted(e.step) from None
             raise
         finally:
             run_log.close()
-    if job.finish is not None:
-        final_state = model_state(job.model, job.sharded)  # collective when sharded
-        if main:
-            job.finish(final_state)
-    if main and bad.names:  # counted over all processes, each file once
+    if is_main_process() and bad.names:  # counted over all processes, each file once
         log.warning(f"{bad.summary()} and were skipped: {bad.listed()}")
-    cleanup()
-    return {
+    summary = {
         "step": step,
-        "loss": last_row.get("loss"),
-        "best_top1": best["top1"] if job.evaluate is not None else None,
+        "loss": run.stats.last_row.get("loss"),
+        "best_top1": run.best["top1"] if job.evaluate is not None else None,
         "output_dir": out,
         "seconds": time.perf_counter() - t0,
     }
+    return summary, final_state(job)
+
+
+def final_state(job: Job) -> dict | None:
+    """The end of a run, on every process: the full model state (gathered when sharded: a collective) on rank 0,
+    None on the others; the process group is taken down after it."""
+    main = is_main_process()
+    state = model_state(job.model, job.sharded)
+    cleanup()
+    return state if main else None
+
+
+def _next_stop(step: int, epoch_end: int, every: int) -> int:
+    """The next step after ``step`` that ends in a checkpoint: the next multiple of ``every`` (0: none), at the
+    latest ``epoch_end``."""
+    return min(epoch_end, (step // every + 1) * every) if every else epoch_end
+
+
+def _train_epoch(run: _Run, step: int) -> int:
+    """The rest of the epoch ``step`` is in: train to each checkpoint, evaluate at the epoch's end (so the saved
+    state knows the best score so far), save. Raises Preempted after saving when a signal came."""
+    job, spe = run.job, run.job.steps_per_epoch
+    epoch = step // spe
+    job.sampler.set_epoch(epoch)
+    job.sampler.set_start((step % spe) * run.opts.accum_steps * job.loader.batch_size)
+    batches = iter(job.loader)
+    epoch_end = min((epoch + 1) * spe, run.end)
+    while step < epoch_end:
+        stop_at = _next_stop(step, epoch_end, run.cfg.train.checkpoint_every)
+        step, preempted = train_steps(job, batches, run.scaler, run.opts, epoch, step, stop_at, run.stats, run.log)
+        if step < stop_at and not preempted:
+            break  # the loader ended early: the outer loop starts over from this step
+        if job.evaluate is not None and step == epoch_end:
+            _evaluate(run, step)
+        _save(run, step)
+        if preempted:
+            raise Preempted(step)
+    return step
+
+
+def _evaluate(run: _Run, step: int) -> None:
+    metrics = run.job.evaluate()
+    epoch = (step - 1) // run.job.steps_per_epoch
+    run.run_log.write({"step": step, "epoch": epoch, **metrics}, prefix="val")
+    if is_main_process():
+        log.info(f"epoch {epoch} step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    if metrics["top1"] > run.best["top1"]:
+        run.best = dict(metrics)
+        _save(run, step, "checkpoint-best.pt", numbered=False)
+
+
+def _save(run: _Run, step: int, name: str = ckpt_io.LAST, numbered: bool = True) -> None:
+    """Called on every rank: gathering a sharded model's state and the ranks' random states are collective."""
+    job = run.job
+    model_sd = model_state(job.model, job.sharded)
+    optim_sd = optimizer_state(job.model, job.optimizer, job.sharded)
+    rngs = ckpt_io.gather_rng_states()
+    if not is_main_process():
+        return
+    state = {
+        "model": model_sd,
+        "optimizer": optim_sd,
+        "scaler": run.scaler.state_dict(),
+        "step": step,
+        "rng": rngs[0],
+        "rng_ranks": rngs,
+        "sharded": job.sharded,
+        "config": OmegaConf.to_container(run.cfg, enum_to_str=True),
+        "best": run.best,
+        **job.extra,
+    }
+    keep = run.cfg.train.keep_checkpoints if numbered else 0
+    ckpt_io.save_training_checkpoint(run.cfg.output_dir, name, state, keep)

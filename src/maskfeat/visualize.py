@@ -15,12 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 
+from maskfeat import builder
 from maskfeat import checkpoint as ckpt_io
-from maskfeat.config import Config, ConfigError
-from maskfeat.data import ImageDataset, denormalize, eval_transform
+from maskfeat.config import Config, ConfigError, upgrade_saved_config
+from maskfeat.data import denormalize
 from maskfeat.masking import get_mask_function
 from maskfeat.models.maskfeat import masked_mse, mean_target_mse, target_patch_size
-from maskfeat.models.names import VIDEO_ARCHITECTURES
 from maskfeat.tracking import baseline_note
 
 log = logging.getLogger("maskfeat")
@@ -114,11 +114,9 @@ def render_panels(
     return out
 
 
-def run_visualize(cfg: DictConfig) -> list[str]:
-    """Write ``output_dir/visualize/NNN.png`` for the first ``visualize.num_images`` images of ``data.path``."""
-    from maskfeat.pretrain import build_model, mask_type
-    from maskfeat.runner import data_folder
-
+def _pretrained_model(cfg: DictConfig) -> tuple[torch.nn.Module, DictConfig, str]:
+    """The pre-training model of ``model.checkpoint`` (default: the run's checkpoint-last.pt), in eval mode, with
+    the config it was trained with and the checkpoint's path."""
     path = cfg.model.checkpoint or os.path.join(cfg.output_dir, ckpt_io.LAST)
     if not os.path.isfile(path):
         raise ConfigError(f"no checkpoint to visualize: {path} does not exist (set model.checkpoint=...)")
@@ -130,24 +128,27 @@ def run_visualize(cfg: DictConfig) -> list[str]:
     if "classifier" in state or "config" not in state:
         what = f"a {state['classifier']} checkpoint" if "classifier" in state else "not a maskfeat checkpoint"
         raise ConfigError(f"visualize needs a pre-training checkpoint (from maskfeat pretrain); {path} is {what}")
-    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
-    if run_cfg.model.name in VIDEO_ARCHITECTURES:
-        raise ConfigError(f"visualize draws image models; {path} is a video model ({run_cfg.model.name})")
+    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), upgrade_saved_config(state["config"]))
+    builder.check_drawable(run_cfg, path)
     if run_cfg.target.name != "hog":
         raise ConfigError(f"visualize draws HOG targets; {path} was trained with target.name={run_cfg.target.name}")
-    model, _ = build_model(run_cfg)
+    model, _ = builder.build_pretrain_model(run_cfg)
     model.load_state_dict(state["model"])
-    model.eval()
-    size = run_cfg.data.image_size
+    return model.eval(), run_cfg, path
+
+
+def run_visualize(cfg: DictConfig) -> list[str]:
+    """Write ``output_dir/visualize/NNN.png`` for the first ``visualize.num_images`` images of ``data.path``."""
+    model, run_cfg, _ = _pretrained_model(cfg)
     patch = target_patch_size(model.encoder)[-1]
     grid = tuple(model.output_grid[1:])  # (h, w): an image is a one-frame clip
-    dataset = ImageDataset(data_folder(cfg), eval_transform(size, crop_pct=1.0))
-    mask_fn = get_mask_function(mask_type(cfg, video=False))
+    dataset = builder.view_dataset(run_cfg, builder.data_folder(cfg))
+    mask_fn = get_mask_function(builder.image_mask_type(cfg))
     out_dir = os.path.join(cfg.output_dir, "visualize")
     os.makedirs(out_dir, exist_ok=True)
-    written, losses, targets, masks = [], [], [], []
+    drawn: list[tuple[str, float, torch.Tensor, torch.Tensor]] = []  # (file, loss, target, mask) per picture
     for i in range(len(dataset)):
-        if len(written) == cfg.visualize.num_images:
+        if len(drawn) == cfg.visualize.num_images:
             break
         item = dataset[i]
         if "image" not in item:  # unreadable: the dataset warned, take the next one
@@ -160,23 +161,25 @@ def run_visualize(cfg: DictConfig) -> list[str]:
         )
         name = os.path.join(out_dir, f"{i:03d}.png")
         picture.save(name)
-        written.append(name)
-        losses.append(loss.item())
-        targets.append(target[0])
-        masks.append(mask.reshape(-1))
-    if written:
-        # The baseline as pre-training logs it, over the drawn images as one batch: every masked token predicted by
-        # the mean target of all their masked tokens.
-        t, m = torch.stack(targets), torch.stack(masks)  # (n, N, D), (n, N)
-        mean = t[m].mean(0)  # (D,)
-        for name, loss, ti, mi in zip(written, losses, targets, masks):
-            base = masked_mse(mean.expand_as(ti)[None], ti[None], mi[None]).item()
-            log.info(f"{name}: masked-HOG loss {loss:.4f} ({baseline_note(loss, base)})")
-        counts = m.sum(1).float()
-        pooled = float((torch.tensor(losses) * counts).sum() / counts.sum().clamp(min=1.0))
-        log.info(
-            f"the {len(written)} images together: masked-HOG loss {pooled:.4f} "
-            f"({baseline_note(pooled, mean_target_mse(t, m).item())})"
-        )
-    log.info(f"wrote {len(written)} pictures to {out_dir} (input | masked input | HOG target | predicted HOG)")
-    return written
+        drawn.append((name, loss.item(), target[0], mask.reshape(-1)))
+    if drawn:
+        _report_losses(drawn)
+    log.info(f"wrote {len(drawn)} pictures to {out_dir} (input | masked input | HOG target | predicted HOG)")
+    return [name for name, *_ in drawn]
+
+
+def _report_losses(drawn: list[tuple[str, float, torch.Tensor, torch.Tensor]]) -> None:
+    """Each picture's masked-HOG loss and all of them together, against the baseline as pre-training logs it, over
+    the drawn images as one batch: every masked token predicted by the mean target of all their masked tokens."""
+    names, losses, targets, masks = zip(*drawn)
+    t, m = torch.stack(targets), torch.stack(masks)  # (n, N, D), (n, N)
+    mean = t[m].mean(0)  # (D,)
+    for name, loss, ti, mi in drawn:
+        base = masked_mse(mean.expand_as(ti)[None], ti[None], mi[None]).item()
+        log.info(f"{name}: masked-HOG loss {loss:.4f} ({baseline_note(loss, base)})")
+    counts = m.sum(1).float()
+    pooled = float((torch.tensor(losses) * counts).sum() / counts.sum().clamp(min=1.0))
+    log.info(
+        f"the {len(drawn)} images together: masked-HOG loss {pooled:.4f} "
+        f"({baseline_note(pooled, mean_target_mse(t, m).item())})"
+    )

@@ -1,37 +1,14 @@
-"""Data loaders for the training commands: the data folder a run reads, and a seeded, resumable loader over a
-data set."""
+"""The data loader of every command: a seeded, resumable loader over a data set."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from collections.abc import Callable
 
 import torch
-from omegaconf import DictConfig
 
-from .sample import sample_image_folder, sample_video_folder
 from .sampler import SeededSampler
-
-log = logging.getLogger("maskfeat")
-
-SAMPLE_IMAGE_SIZE = 160  # side of the embedded sample images (crops of scikit-image's bundled photos)
-
-
-def data_folder(cfg: DictConfig) -> str:
-    """``data.path``, or the embedded sample images (or clips, for a video model) when it is null."""
-    if cfg.data.path:
-        return cfg.data.path
-    from maskfeat.models.video_vit import VIDEO_ARCHITECTURES
-
-    if cfg.model.name in VIDEO_ARCHITECTURES:
-        path = sample_video_folder(split="train")
-        log.info(f"data.path not set: using the embedded sample clips (photos under camera motion) in {path}")
-        return path
-    path = sample_image_folder(num_images=cfg.data.sample_images, size=SAMPLE_IMAGE_SIZE, seed=0)
-    log.info(f"data.path not set: using {cfg.data.sample_images} embedded sample images in {path}")
-    return path
 
 
 def make_loader(

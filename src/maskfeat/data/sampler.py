@@ -147,3 +147,14 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+
+def label_subset(labels: list[int], fraction: float, seed: int) -> list[int]:
+    """Indices of a class-balanced ``fraction`` of the samples (at least one per class), chosen by ``seed``."""
+    rng = np.random.default_rng(seed)
+    labels_np = np.asarray(labels)
+    keep = []
+    for c in np.unique(labels_np):
+        idx = np.flatnonzero(labels_np == c)
+        keep.extend(rng.permutation(idx)[: max(1, math.ceil(fraction * len(idx)))].tolist())
+    return sorted(keep)

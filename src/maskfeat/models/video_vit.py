@@ -28,7 +28,6 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from maskfeat.models.layers import apply_token_mask, pair, register_sizes
-from maskfeat.models.names import VIDEO_ARCHITECTURES  # noqa: F401  (re-exported for older imports)
 
 __all__ = ["VIDEO_VIT_SIZES", "VideoViT", "video_vit_args"]  # + the entrypoints vit_s, vit_b, vit_l
 
