@@ -163,3 +163,103 @@ def test_mvit_classification_equals_torchvision_forward_in_either_layout(kind):
     x = torch.randn(2, 3, 4, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mmpretrain's MaskFeat ViT and torchvision's MViTv2, from synthetic state dicts in their own layouts
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def mmpretrain_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A timm-named ViT / MaskFeat state under mmpretrain's names (MaskFeatViT backbone, LinearNeck, ViT heads)."""
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("encoder.")
+        parts = k.split(".")
+        if parts[0] == "blocks":
+            sub = ".".join(parts[2:])
+            sub = {"norm1.weight": "ln1.weight", "norm1.bias": "ln1.bias", "norm2.weight": "ln2.weight",
+                   "norm2.bias": "ln2.bias", "mlp.fc1.weight": "ffn.layers.0.0.weight",
+                   "mlp.fc1.bias": "ffn.layers.0.0.bias", "mlp.fc2.weight": "ffn.layers.1.weight",
+                   "mlp.fc2.bias": "ffn.layers.1.bias"}.get(sub, sub)  # fmt: skip
+            out[f"backbone.layers.{parts[1]}.{sub}"] = v
+            continue
+        names = {"cls_token": "backbone.cls_token", "pos_embed": "backbone.pos_embed",
+                 "mask_token": "backbone.mask_token",
+                 "patch_embed.proj.weight": "backbone.patch_embed.projection.weight",
+                 "patch_embed.proj.bias": "backbone.patch_embed.projection.bias", "norm.weight": "backbone.ln1.weight",
+                 "norm.bias": "backbone.ln1.bias", "fc_norm.weight": "backbone.ln2.weight",
+                 "fc_norm.bias": "backbone.ln2.bias"}  # fmt: skip
+        out[names.get(k, k)] = v
+    return out
+
+
+def test_mmpretrain_maskfeat_vit_converts_and_predicts_the_same(tmp_path):
+    from maskfeat.models.registry import create_encoder
+
+    torch.manual_seed(0)
+    args = {"img_size": 32, "depth": 2, "global_pool": "avg", "fc_norm": False}
+    ours = MaskFeat(create_encoder("vit_tiny_patch16_224", args), HOGTarget(gaussian_window=16)).eval()
+    state = {k: v for k, v in ours.state_dict().items() if not k.startswith("head.")}
+    state = mmpretrain_names(state) | {"neck.fc.weight": ours.head.weight, "neck.fc.bias": ours.head.bias}
+    sobel = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]]).view(1, 1, 3, 3).repeat(3, 1, 1, 1)
+    state |= {"target_generator.weight_x": sobel, "target_generator.weight_y": sobel.transpose(2, 3),
+              "target_generator.gaussian_kernel": torch.ones(16, 16) / 256}  # fmt: skip
+    torch.save({"meta": {"mmpretrain_version": "1.0.0"}, "state_dict": state}, tmp_path / "maskfeat_mm.pth")
+    result = convert(str(tmp_path / "maskfeat_mm.pth"))
+    assert result.encoder_meta["architecture"] == "vit_tiny_patch16_224"
+    assert result.encoder_meta["target"]["gaussian_window"] == 16
+    model = build_converted(*result)  # strict
+    x, mask = torch.randn(2, 3, 32, 32), torch.tensor([[True, False, False, True], [False, True, True, True]])
+    with torch.no_grad():
+        for a, b in zip(model(x, mask), ours(x, mask)):
+            torch.testing.assert_close(a, b)
+
+
+def test_mmpretrain_finetuned_vit_converts_with_its_classifier(tmp_path):
+    from maskfeat.models.registry import create_encoder
+
+    torch.manual_seed(0)
+    ours = create_encoder("vit_tiny_patch16_224", {"img_size": 32, "depth": 2, "global_pool": "avg"}, num_classes=4)
+    state = mmpretrain_names(ours.state_dict())
+    state |= {"head.layers.head.weight": state.pop("head.weight"), "head.layers.head.bias": state.pop("head.bias")}
+    torch.save({"state_dict": state}, tmp_path / "vit_mm.pth")
+    result = convert(str(tmp_path / "vit_mm.pth"))
+    assert result.pretrain_state is None and result.encoder_meta["model_args"]["num_classes"] == 4
+    model = build_converted(*result)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ours.eval()(x))
+
+
+@pytest.mark.parametrize("dim_mul_in_att", [True, False])
+def test_torchvision_mvit_weights_convert_and_classify_the_same(tmp_path, dim_mul_in_att):
+    from maskfeat.models.mvit import mvit_block_settings
+
+    torch.manual_seed(0)
+    setting = mvit_block_settings([1, 2, 1, 1], 8, 1, dim_mul_in_att=dim_mul_in_att)
+    theirs = MViT(spatial_size=(64, 64), temporal_size=4, block_setting=setting, residual_pool=True,
+                  residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=dim_mul_in_att,
+                  num_classes=3).eval()  # fmt: skip
+    torch.save(theirs.state_dict(), tmp_path / "mvit.pth")
+    result = convert(str(tmp_path / "mvit.pth"))
+    args = result.encoder_meta["model_args"]
+    assert (args["depths"], args["img_size"], args["num_frames"]) == ([1, 2, 1, 1], [64, 64], 4)
+    assert args["dim_mul_in_att"] == dim_mul_in_att and args["num_classes"] == 3
+    model = build_converted(*result)
+    x = torch.randn(2, 3, 4, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x))
+
+
+def test_torchvisions_mvit_v2_s_is_recognised_as_mvit_v2_s_tv():
+    from maskfeat.convert.torchvision_mvit import convert_torchvision_mvit
+
+    with torch.device("meta"):
+        result = convert_torchvision_mvit(mvit_v2_s().state_dict(), "mvit_v2_s")
+        model = build_converted(None, result.encoder_meta)
+    assert result.encoder_meta["architecture"] == "mvit_v2_s_tv"
+    args = result.encoder_meta["model_args"]
+    assert (args["img_size"], args["num_frames"], args["num_classes"]) == ([224, 224], 16, 400)
+    want = {k: v.shape for k, v in result.encoder_state.items()}
+    assert {k: v.shape for k, v in model.state_dict().items()} == want

@@ -7,7 +7,9 @@ from typing import Any, NamedTuple, NoReturn
 
 import torch
 
-__all__ = ["Converted", "fail", "rename"]
+from maskfeat.models.mvit import MVIT_SIZES
+
+__all__ = ["Converted", "fail", "mvit_name", "rename"]
 
 
 class Converted(NamedTuple):
@@ -45,3 +47,12 @@ def rename(state: dict[str, torch.Tensor], rules: list[tuple[str, str | None]], 
     if unknown:
         fail(src, f"{len(unknown)} weights of an unknown layout, e.g. {', '.join(unknown[:4])}")
     return out
+
+
+def mvit_name(model_args: dict[str, Any]) -> str:
+    """The MViT size whose depths, widths, heads and layout ``model_args`` has; else the name of the layout
+    (``model_args`` hold every size argument, so any name of that layout rebuilds the model)."""
+    for name, size in MVIT_SIZES.items():
+        if all(model_args.get(k) == v for k, v in {"dim_mul_in_att": False, **size}.items()):
+            return name
+    return "mvit_v2_s_tv" if model_args["dim_mul_in_att"] else "mvit_v2_s"

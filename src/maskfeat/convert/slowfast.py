@@ -24,10 +24,9 @@ from typing import Any
 
 import yaml
 
-from maskfeat.convert.common import Converted, fail, rename
+from maskfeat.convert.common import Converted, fail, mvit_name, rename
 from maskfeat.models.mvit import (
     KV_STRIDE,
-    MVIT_SIZES,
     PATCH_KERNEL,
     PATCH_PADDING,
     PATCH_STRIDE,
@@ -204,15 +203,8 @@ def _mvit_meta(cfg: dict, n_blocks: int, pretrain: bool, src: str) -> dict[str, 
     if pretrain:
         args["fc_norm"] = False  # the encoder's final norm is the pre-training head's LayerNorm, on every token
     args["dim_mul_in_att"] = dim_mul_in_att
-    arch = _mvit_name(args)
+    arch = mvit_name(args)
     return {"architecture": arch, "model_args": args, "pretrained_cfg": _pretrained_cfg(cfg, video=True)}
-
-
-def _mvit_name(args: dict[str, Any]) -> str:
-    for name, size in MVIT_SIZES.items():
-        if all(args.get(k) == v for k, v in {"dim_mul_in_att": False, **size}.items()):
-            return name
-    return "mvit_v2_s_tv" if args["dim_mul_in_att"] else "mvit_v2_s"  # another size: model_args hold it all
 
 
 def _plain(v: Any) -> Any:
