@@ -22,29 +22,43 @@ __all__ = ["block_mask_3d", "grow_mask"]
 # BEiT's block aspect ratios: log-uniform in [0.3, 1 / 0.3].
 _MIN_ASPECT = 0.3
 _LOG_ASPECT = (math.log(_MIN_ASPECT), math.log(1.0 / _MIN_ASPECT))
-# Attempts to place one block before the loop counts as stalled: 10 in BEiT's ``MaskingGenerator``.
+# Attempts to place one block before the loop counts as stalled: 10 in BEiT's ``MaskingGenerator`` (100 in
+# SlowFast's ``MaskingGenerator3D``).
 _MAX_ATTEMPTS = 10
 
 
-def block_mask_3d(shape: tuple[int, int, int], num_masked: int, min_area: int, rng: random.Random) -> np.ndarray:
+def block_mask_3d(
+    shape: tuple[int, int, int],
+    num_masked: int,
+    min_area: int,
+    rng: random.Random,
+    *,
+    max_area: int | None = None,
+    max_attempts: int = _MAX_ATTEMPTS,
+    strict_sides: bool = False,
+) -> np.ndarray:
     """Block-wise masking of a ``(T, H, W)`` grid with exactly ``num_masked`` cells masked.
 
     Phase 1 is BEiT's / MaskFeat's block loop: repeatedly draw a block with spatial area ``uniform(min_area,
-    min(remaining, H * W))``, aspect ratio log-uniform in [0.3, 1/0.3] and, for ``T > 1``, a duration
-    ``t ~ randint(1, T)`` (SlowFast's ``MaskingGenerator3D``); place it at a random position and keep it if it masks
-    between 1 and ``remaining`` new cells. A block that fails 10 times in a row ends the loop (as in BEiT, whose mask
-    then falls short of the target; SlowFast's 3-D version tries 100 times). Phase 2 closes the gap, see
-    :func:`grow_mask`; it adds ~0.4 cells per 14 x 14 block mask and ~2 per 8 x 7 x 7 cube mask on average (ratio 0.4).
+    max_area)``, aspect ratio log-uniform in [0.3, 1/0.3] and, for ``T > 1``, a duration ``t ~ randint(1, T)``
+    (SlowFast's ``MaskingGenerator3D``); place it at a random position and keep it if it masks between 1 and
+    ``remaining`` new cells. A block that fails ``max_attempts`` times in a row ends the loop (the reference then
+    falls short of the target). Phase 2 closes the gap, see :func:`grow_mask`; with the defaults it adds ~0.4 cells
+    per 14 x 14 block mask and ~2 per 8 x 7 x 7 cube mask on average (ratio 0.4).
 
-    Differences from the references, all to serve small grids: blocks may span the whole grid (the references require
-    ``h < H`` and ``w < W``, which never holds on a 1 x N grid); the area is capped at ``H * W`` (a no-op when
-    ``T == 1``, as ``remaining <= H * W`` there); ``h`` and ``w`` are at least 1.
+    The defaults are BEiT's 2-D generator, adapted to small grids: ``max_area`` ``min(remaining, H * W)``, 10
+    attempts, and blocks may span the whole grid (BEiT requires ``h < H`` and ``w < W``, which never holds on a
+    1 x N grid); ``h`` and ``w`` are at least 1. SlowFast's cube masks are ``min_area = H * W // 5``,
+    ``max_area = H * W``, ``max_attempts = 100``, ``strict_sides = True``.
 
     Args:
         shape: ``(T, H, W)``.
         num_masked: exact number of cells to mask, in ``[0, T * H * W]``.
         min_area: smallest spatial block area drawn (BEiT's ``min_num_patches``).
         rng: source of randomness.
+        max_area: largest spatial block area drawn (``max_num_patches``); None = ``min(remaining, H * W)``.
+        max_attempts: draws of one block before the loop counts as stalled.
+        strict_sides: only blocks with ``h < H`` and ``w < W``, as the references.
 
     Returns:
         A bool array of ``shape`` with exactly ``num_masked`` True cells.
@@ -54,28 +68,14 @@ def block_mask_3d(shape: tuple[int, int, int], num_masked: int, min_area: int, r
     if num_masked >= mask.size:
         mask[...] = True
         return mask
-    uniform, randint = rng.uniform, rng.randint
     count = 0
     while count < num_masked:
         remaining = num_masked - count
-        max_area = min(remaining, H * W)
+        top_area = min(remaining, H * W) if max_area is None else max_area
         added = 0
-        for _ in range(_MAX_ATTEMPTS):
-            area = uniform(min_area, max_area)
-            aspect = math.exp(uniform(*_LOG_ASPECT))
-            h = max(1, round(math.sqrt(area * aspect)))
-            w = max(1, round(math.sqrt(area / aspect)))
-            t = randint(1, T) if T > 1 else 1
-            if h > H or w > W:
-                continue
-            top = randint(0, H - h)
-            left = randint(0, W - w)
-            front = randint(0, T - t) if T > t else 0
-            box = mask[front : front + t, top : top + h, left : left + w]
-            new = t * h * w - int(np.count_nonzero(box))
-            if 0 < new <= remaining:
-                box[...] = True
-                added = new
+        for _ in range(max_attempts):
+            added = _place_block(mask, min_area, top_area, remaining, strict_sides, rng)
+            if added:
                 break
         if added == 0:
             break  # stalled: no block of the drawn sizes fits in what is left
@@ -83,6 +83,30 @@ def block_mask_3d(shape: tuple[int, int, int], num_masked: int, min_area: int, r
     if count < num_masked:
         grow_mask(mask, num_masked - count, rng)
     return mask
+
+
+def _place_block(
+    mask: np.ndarray, min_area: float, max_area: float, remaining: int, strict_sides: bool, rng: random.Random
+) -> int:
+    """One draw of a block (area, aspect, duration, position); masks it in place if it adds 1..``remaining``
+    cells. Returns the number of cells added (0: rejected)."""
+    T, H, W = mask.shape
+    area = rng.uniform(min_area, max_area)
+    aspect = math.exp(rng.uniform(*_LOG_ASPECT))
+    h = max(1, round(math.sqrt(area * aspect)))
+    w = max(1, round(math.sqrt(area / aspect)))
+    t = rng.randint(1, T) if T > 1 else 1
+    if h > H or w > W or (strict_sides and (h >= H or w >= W)):
+        return 0
+    top = rng.randint(0, H - h)
+    left = rng.randint(0, W - w)
+    front = rng.randint(0, T - t) if T > t else 0
+    box = mask[front : front + t, top : top + h, left : left + w]
+    new = t * h * w - int(np.count_nonzero(box))
+    if not 0 < new <= remaining:
+        return 0
+    box[...] = True
+    return new
 
 
 def grow_mask(mask: np.ndarray, num_new: int, rng: random.Random) -> None:

@@ -1,8 +1,8 @@
-"""MViTv2-S/B/L video encoders built on torchvision's MViT, with MaskFeat's masking and pre-training variant.
+"""MViTv2-S/B/L video encoders built on torchvision's MViT blocks, in MaskFeat's official layout or torchvision's.
 
 Li et al., "MViTv2: Improved Multiscale Vision Transformers for Classification and Detection", CVPR 2022: a
 3x7x7 / stride 2x4x4 convolutional patch embedding, then four stages at strides 4, 8, 16, 32 whose first block
-pools the queries by 2x2 spatially and doubles width and heads; keys/values are pooled with an adaptive stride
+pools the queries by 2x2 spatially and doubles the heads; keys/values are pooled with an adaptive stride
 (1x8x8 in stage 1, divided by every query stride); relative position embeddings and residual pooling.
 
 Sizes (stage depths, stage-1 width, stage-1 heads), widths and heads doubling each stage:
@@ -10,10 +10,15 @@ Sizes (stage depths, stage-1 width, stage-1 heads), widths and heads doubling ea
 * ``mvit_v2_s``: [1, 2, 11, 2], 96 (96 -> 768), 1 (1, 2, 4, 8): 16 blocks
 * ``mvit_v2_b``: [2, 3, 16, 3], 96 (96 -> 768), 1: 24 blocks
 * ``mvit_v2_l``: [2, 6, 36, 4], 144 (144 -> 1152), 2 (2, 4, 8, 16): 48 blocks
+* ``mvit_v2_s_tv``: ``mvit_v2_s`` in torchvision's supervised layout (below), which loads torchvision's weights.
 
-The block settings are built in torchvision's form (:class:`~torchvision.models.video.mvit.MSBlockConfig`,
-one per block; a stage's first block changes the width inside its attention, ``proj_after_attn``), and for
-``mvit_v2_s`` they equal those of torchvision's ``mvit_v2_s`` builder, so that model's weights load here.
+Where the width doubles. The official MaskFeat configs (SlowFast ``configs/masked_ssl/k400_MVITv2_*``) leave
+``MVIT.DIM_MUL_IN_ATT`` False: the *last block of a stage* widens, at its end: its attention and ``norm2`` run at
+the stage width, its MLP maps to the next width and a linear ``project`` of the ``norm2`` output is its skip
+branch (torchvision's ``proj_after_attn=False``); the heads double one block later, at the next stage's first
+block. torchvision's ``mvit_v2_s`` widens in the *first block of a stage*, inside the attention
+(``proj_after_attn=True``, ``dim_mul_in_att=True`` here). Same blocks, different widths: the MaskFeat MViT-S
+pre-training model (encoder, [MASK] token, HOG head) has 36,253,356 parameters, in torchvision's layout 34,315,980.
 
 MaskFeat pre-training (as the official SlowFast code) keeps the output at stride 16: the *pre-training variant*
 sets the last stage's query-pooling stride to 1 (its width and heads still double). Without that query stride the
@@ -29,9 +34,8 @@ called as ``block(x, thw) -> (x, thw)``), ``norm`` and ``head`` (``Sequential(Dr
 ``rel_pos_h/w/t`` parameter names; and ``MSBlockConfig``. We do not call ``MViT.forward`` (it assumes the default
 clip size and always classifies), but run the same steps, inserting the [MASK] token after ``conv_proj``.
 
-The sizes are registered in timm's registry as ``mvit_v2_s``, ``mvit_v2_b``, ``mvit_v2_l`` (timm's own MViTv2
-models are ``mvitv2_small`` etc., other names and other modules: no clash), e.g.
-``timm.create_model("mvit_v2_s", pretrain=True)``.
+The sizes are registered in timm's registry under the names above (timm's own MViTv2 models are ``mvitv2_small``
+etc., other names and other modules: no clash), e.g. ``timm.create_model("mvit_v2_s", pretrain=True)``.
 """
 
 from __future__ import annotations
@@ -54,12 +58,14 @@ __all__ = [
     "load_pretrained_mvit",
     "mvit_args",
     "mvit_block_settings",
-]  # + the entrypoints mvit_v2_s, mvit_v2_b, mvit_v2_l
+]  # + the entrypoints mvit_v2_s, mvit_v2_b, mvit_v2_l, mvit_v2_s_tv
 
 MVIT_SIZES: dict[str, dict[str, Any]] = {
     "mvit_v2_s": {"depths": [1, 2, 11, 2], "embed_dim": 96, "num_heads": 1},
     "mvit_v2_b": {"depths": [2, 3, 16, 3], "embed_dim": 96, "num_heads": 1},
     "mvit_v2_l": {"depths": [2, 6, 36, 4], "embed_dim": 144, "num_heads": 2},
+    # torchvision's supervised mvit_v2_s (the width doubles in the attention): loads torchvision's weights
+    "mvit_v2_s_tv": {"depths": [1, 2, 11, 2], "embed_dim": 96, "num_heads": 1, "dim_mul_in_att": True},
 }
 
 # MViTv2's fixed choices: the patch embedding, the pooling kernels, the initial adaptive key/value stride.
@@ -72,45 +78,50 @@ _REL_POS_NAMES = ("rel_pos_h", "rel_pos_w", "rel_pos_t")
 
 
 def mvit_block_settings(
-    depths: Sequence[int], embed_dim: int, num_heads: int, pretrain: bool = False
+    depths: Sequence[int], embed_dim: int, num_heads: int, pretrain: bool = False, dim_mul_in_att: bool = False
 ) -> list[MSBlockConfig]:
     """One :class:`MSBlockConfig` per block of an MViTv2 with stage ``depths``.
 
-    Stage ``s`` has width ``embed_dim * 2**s`` and ``num_heads * 2**s`` heads; its first block (``s > 0``) takes
-    the previous width in, pools the queries by ``STAGE_Q_STRIDE`` and divides the key/value stride by it. Every
-    block pools queries and keys/values with a 3x3x3 kernel (stride 1 where it does not downsample).
+    Stage ``s`` has width ``embed_dim * 2**s`` and ``num_heads * 2**s`` heads; its first block (``s > 0``) pools
+    the queries by ``STAGE_Q_STRIDE`` and divides the key/value stride by it. Every block pools queries and
+    keys/values with a 3x3x3 kernel (stride 1 where it does not downsample).
 
     Args:
         depths: Blocks per stage (four for MViTv2).
         embed_dim: Width of the first stage.
         num_heads: Heads of the first stage.
         pretrain: MaskFeat's pre-training variant: no query pooling in the last stage (output at stride 16).
+        dim_mul_in_att: torchvision's layout: a stage's first block takes the previous width in and widens in
+            its attention. False (the official MaskFeat layout): a stage's last block widens to the next stage's
+            width in its MLP, with a skip projection.
     """
     if len(depths) < 1 or min(depths) < 1:
         raise ValueError(f"every stage needs at least one block, got depths={list(depths)}")
+    stage_of = [s for s, depth in enumerate(depths) for _ in range(depth)]  # the stage of every block
+    last = len(depths) - 1
     settings: list[MSBlockConfig] = []
     kv_stride = list(KV_STRIDE)
-    last = len(depths) - 1
-    prev_dim = embed_dim
-    for s, depth in enumerate(depths):
-        dim, heads = embed_dim * 2**s, num_heads * 2**s
-        for j in range(depth):
-            downsample = j == 0 and s > 0 and not (pretrain and s == last)
-            stride_q = list(STAGE_Q_STRIDE) if downsample else [1, 1, 1]
-            # the adaptive key/value stride: keys stay at (about) the same resolution through the network
-            kv_stride = [max(k // q, 1) for k, q in zip(kv_stride, stride_q)]
-            settings.append(
-                MSBlockConfig(
-                    num_heads=heads,
-                    input_channels=prev_dim if j == 0 else dim,
-                    output_channels=dim,
-                    kernel_q=list(POOL_KERNEL),
-                    kernel_kv=list(POOL_KERNEL),
-                    stride_q=stride_q,
-                    stride_kv=list(kv_stride),
-                )
+    for i, s in enumerate(stage_of):
+        first = i > 0 and stage_of[i - 1] != s  # the first block of stages 1, 2, ...
+        downsample = first and not (pretrain and s == last)
+        stride_q = list(STAGE_Q_STRIDE) if downsample else [1, 1, 1]
+        # the adaptive key/value stride: keys stay at (about) the same resolution through the network
+        kv_stride = [max(k // q, 1) for k, q in zip(kv_stride, stride_q)]
+        if dim_mul_in_att:
+            dim_in, dim_out = embed_dim * 2 ** (s - first), embed_dim * 2**s
+        else:
+            dim_in, dim_out = embed_dim * 2**s, embed_dim * 2 ** stage_of[min(i + 1, len(stage_of) - 1)]
+        settings.append(
+            MSBlockConfig(
+                num_heads=num_heads * 2**s,
+                input_channels=dim_in,
+                output_channels=dim_out,
+                kernel_q=list(POOL_KERNEL),
+                kernel_kv=list(POOL_KERNEL),
+                stride_q=stride_q,
+                stride_kv=list(kv_stride),
             )
-        prev_dim = dim
+        )
     return settings
 
 
@@ -123,8 +134,9 @@ class MViTEncoder(nn.Module):
 
     The submodules are torchvision's ``MViT`` ones under the same names (``conv_proj``, ``pos_encoding``,
     ``blocks``, ``norm``, ``head``), so the ``state_dict`` of a fine-tuning variant with ``num_classes > 0``
-    loads into (and from) a torchvision ``MViT`` with the same block settings. ``num_classes == 0`` replaces the
-    classifier by Identity (the pre-training encoder has none).
+    loads into (and from) a torchvision ``MViT`` with the same block settings (``mvit_v2_s_tv``: torchvision's
+    ``mvit_v2_s``). ``num_classes == 0`` replaces the classifier by Identity (the pre-training encoder has none).
+    With ``fc_norm`` the final norm is applied after pooling (module ``fc_norm``, ``norm`` is Identity), as timm.
 
     Args:
         depths: Blocks per stage.
@@ -137,6 +149,10 @@ class MViTEncoder(nn.Module):
         drop_path_rate: Stochastic depth of the last block (torchvision: linear in the block index from 0).
         head_drop: Dropout before the classifier (torchvision's default 0.5).
         global_pool: ``'token'`` (the class token, as torchvision) or ``'avg'`` (mean of the patch tokens).
+        dim_mul_in_att: Where the width doubles (see :func:`mvit_block_settings`): False = the official MaskFeat
+            layout, True = torchvision's.
+        fc_norm: Normalise after pooling instead of before (timm's ``fc_norm``): the official MaskFeat fine-tuning
+            head with mean pooling (mean of the patch tokens, LayerNorm, linear). None = ``global_pool == 'avg'``.
     """
 
     def __init__(
@@ -151,12 +167,17 @@ class MViTEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         head_drop: float = 0.5,
         global_pool: str = "token",
+        dim_mul_in_att: bool = False,
+        fc_norm: bool | None = None,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+        fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        if fc_norm and global_pool != "avg":
+            raise ValueError("fc_norm=True needs global_pool='avg' (the norm of the pooled patch tokens)")
         H, W = pair(img_size)
-        self.block_setting = mvit_block_settings(depths, embed_dim, num_heads, pretrain=pretrain)
+        self.block_setting = mvit_block_settings(depths, embed_dim, num_heads, pretrain, dim_mul_in_att)
         if len(self.block_setting) < 2:
             raise ValueError("torchvision's MViT needs at least two blocks (its drop-path schedule divides by n - 1)")
         mvit = MViT(
@@ -166,7 +187,7 @@ class MViTEncoder(nn.Module):
             residual_pool=True,  # MViTv2's residual pooling connection
             residual_with_cls_embed=False,
             rel_pos_embed=True,  # MViTv2's decomposed relative position embeddings (no absolute ones)
-            proj_after_attn=True,  # width changes inside the attention ("dim_mul_in_att")
+            proj_after_attn=dim_mul_in_att,  # False: the width changes in the MLP, with a skip projection
             dropout=head_drop,
             stochastic_depth_prob=drop_path_rate,
             num_classes=max(num_classes, 1),
@@ -178,12 +199,14 @@ class MViTEncoder(nn.Module):
         self.conv_proj = mvit.conv_proj
         self.pos_encoding = mvit.pos_encoding
         self.blocks = mvit.blocks
-        self.norm = mvit.norm
+        self.norm = nn.Identity() if fc_norm else mvit.norm  # the final norm of the tokens ...
+        self.fc_norm = mvit.norm if fc_norm else nn.Identity()  # ... or of the pooled features
         self.head = mvit.head if num_classes > 0 else nn.Identity()
 
         self.pretrain = pretrain
         self.num_classes = num_classes
         self.global_pool = global_pool
+        self.dim_mul_in_att = dim_mul_in_att
         self.num_prefix_tokens = 1  # torchvision's PositionalEncoding always prepends a class token
         self.embed_dim = embed_dim  # width of the patch embedding (and of the mask token)
         self.num_features = self.block_setting[-1].output_channels  # width of the output tokens
@@ -209,7 +232,7 @@ class MViTEncoder(nn.Module):
         """timm's layer grouping (for layer-wise lr decay): the embedding first, one layer per block, norm/head last."""
         return {
             "stem": r"^conv_proj|^pos_encoding",
-            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
+            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm", (99999,))],
         }
 
     @torch.jit.ignore
@@ -222,7 +245,7 @@ class MViTEncoder(nn.Module):
     def forward_features(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Encodes a clip; returns every token after the final norm, the class token first, as timm.
+        """Encodes a clip; returns every token after the final norm (none with ``fc_norm``), the class token first.
 
         Args:
             x: (B, 3, T, H, W) clip.
@@ -250,6 +273,7 @@ class MViTEncoder(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pools the output of :meth:`forward_features` (B, 1 + N, D) and classifies: (B, num_classes)."""
         x = x[:, 0] if self.global_pool == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        x = self.fc_norm(x)
         if pre_logits:
             return x
         return self.head(x)
@@ -270,12 +294,13 @@ def mvit_args(
     num_frames: int = 16,
     pretrain: bool = False,
     global_pool: str = "token",
+    fc_norm: bool | None = None,
     **overrides: Any,
 ) -> dict[str, Any]:
     """The complete, JSON-able architecture arguments of an :class:`MViTEncoder` of ``size`` (see MVIT_SIZES).
 
     ``overrides`` may change ``depths``, ``embed_dim`` or ``num_heads`` (tiny test models). Training settings
-    (drop path, head dropout, classes) stay out.
+    (drop path, head dropout, classes) stay out. ``fc_norm`` None resolves as the encoder does (``'avg'``).
     """
     if size not in MVIT_SIZES:
         raise ValueError(f"unknown MViT size '{size}'; choose one of {', '.join(MVIT_SIZES)}")
@@ -291,10 +316,12 @@ def mvit_args(
         "num_frames": int(num_frames),
         "pretrain": bool(pretrain),
         "global_pool": global_pool,
+        "dim_mul_in_att": bool(arch.get("dim_mul_in_att", False)),
+        "fc_norm": global_pool == "avg" if fc_norm is None else bool(fc_norm),
     }
 
 
-register_sizes(MViTEncoder, MVIT_SIZES, __name__)  # timm.create_model("mvit_v2_s" | "mvit_v2_b" | "mvit_v2_l", ...)
+register_sizes(MViTEncoder, MVIT_SIZES, __name__)  # timm.create_model("mvit_v2_s" | ... | "mvit_v2_s_tv", ...)
 
 
 class MViTLoadReport(NamedTuple):

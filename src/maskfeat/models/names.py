@@ -33,7 +33,8 @@ IMAGE_ARCHITECTURES: dict[str, int] = {
 # Every video encoder by name -> its family ("vit" -> models.video_vit.VideoViT, "mvit" -> models.mvit.MViTEncoder).
 VIDEO_ARCHITECTURES: dict[str, str] = {
     **dict.fromkeys(("vit_s", "vit_b", "vit_l"), "vit"),
-    **dict.fromkeys(("mvit_v2_s", "mvit_v2_b", "mvit_v2_l"), "mvit"),
+    **dict.fromkeys(("mvit_v2_s", "mvit_v2_b", "mvit_v2_l"), "mvit"),  # the official MaskFeat layout
+    "mvit_v2_s_tv": "mvit",  # torchvision's supervised mvit_v2_s layout (its weights load)
 }
 
 VIDEO_PATCH_SIZE = 16  # the video encoders' spatial patch side, pixels (2x16x16 tubelets)
