@@ -131,9 +131,9 @@ def test_mvit_presets_match_the_paper_and_torchvision():
         assert enc.output_grid == (8, 14, 14)  # pre-training: stride 16 (T/2 x H/16 x W/16)
         with torch.device("meta"):
             assert timm.create_model(name, pretrain=False).output_grid == (8, 7, 7)
-    # The fine-tuning MViTv2-S is torchvision's mvit_v2_s, parameter for parameter.
+    # The supervised layout, mvit_v2_s_tv, is torchvision's mvit_v2_s, parameter for parameter.
     with torch.device("meta"):
-        ours, theirs = timm.create_model("mvit_v2_s", num_classes=400), mvit_v2_s()
+        ours, theirs = timm.create_model("mvit_v2_s_tv", num_classes=400), mvit_v2_s()
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     assert sum(p.numel() for p in ours.parameters()) == 34_537_744  # torchvision's documented num_params
 
@@ -193,7 +193,7 @@ def test_mvit_classification_equals_torchvision_forward():
         residual_pool=True,
         residual_with_cls_embed=False,
         rel_pos_embed=True,
-        proj_after_attn=True,
+        proj_after_attn=False,
         num_classes=5,
     ).eval()
     theirs.load_state_dict(ours.state_dict())  # strict: same names and shapes

@@ -15,7 +15,7 @@ from typing import Any
 from maskfeat.convert.common import Converted, fail, rename
 from maskfeat.convert.slowfast import HOG_TARGET
 from maskfeat.models.names import IMAGE_ARCHITECTURES
-from maskfeat.models.vit import _VIT_SIZES, encoder_model_args
+from maskfeat.models.vit import VIT_SIZES, encoder_model_args
 
 __all__ = ["convert_mmpretrain", "is_mmpretrain"]
 
@@ -62,13 +62,13 @@ def _meta(state: dict[str, Any], pretrain: bool, src: str) -> dict[str, Any]:
     grid = math.isqrt(state["pos_embed"].shape[1] - 1)
     # The weights do not say the number of heads: that of the timm size of this width and depth (64 per head else).
     heads = next(
-        (s["num_heads"] for s in _VIT_SIZES.values() if (s["embed_dim"], s["depth"]) == (width, depth)), width // 64
+        (s["num_heads"] for s in VIT_SIZES.values() if (s["embed_dim"], s["depth"]) == (width, depth)), width // 64
     )
     names = [n for n, p in IMAGE_ARCHITECTURES.items() if p == patch]
     if not names:
         fail(src, f"patch size {patch}: no ViT of that patch size ({', '.join(IMAGE_ARCHITECTURES)})")
     dims = {"embed_dim": int(width), "depth": depth, "num_heads": int(heads)}
-    arch = next((n for n in names if _VIT_SIZES[n] == dims), names[0])
+    arch = next((n for n in names if VIT_SIZES[n] == dims), names[0])
     pool = {"global_pool": "avg", "fc_norm": "fc_norm.weight" in state}
     args = encoder_model_args(grid * int(patch), int(patch), **dims, **pool)
     if "head.weight" in state:

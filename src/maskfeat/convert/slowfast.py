@@ -35,7 +35,7 @@ from maskfeat.models.mvit import (
     mvit_block_settings,
 )
 from maskfeat.models.names import IMAGE_ARCHITECTURES
-from maskfeat.models.vit import _VIT_SIZES, encoder_model_args
+from maskfeat.models.vit import VIT_SIZES, encoder_model_args
 
 __all__ = ["convert_slowfast", "is_slowfast"]
 
@@ -143,7 +143,7 @@ def _vit_meta(cfg: dict, depth: int, pretrain: bool, src: str) -> dict[str, Any]
     if not same_patch:
         fail(src, f"patch size {patch}: no ViT of that patch size ({', '.join(IMAGE_ARCHITECTURES)})")
     arch = next(
-        (n for n in same_patch if _VIT_SIZES[n] == dims), "vit_base_patch16_224" if patch == 16 else same_patch[0]
+        (n for n in same_patch if VIT_SIZES[n] == dims), "vit_base_patch16_224" if patch == 16 else same_patch[0]
     )
     extra: dict[str, Any] = {"global_pool": "avg", "fc_norm": not pretrain and bool(mvit["USE_MEAN_POOLING"])}
     if not pretrain and not mvit["USE_MEAN_POOLING"]:

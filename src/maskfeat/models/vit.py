@@ -18,11 +18,18 @@ from maskfeat.models.layers import apply_token_mask
 from maskfeat.models.names import IMAGE_ARCHITECTURES as ARCHITECTURES
 from maskfeat.models.names import encoder_patch_size  # noqa: F401  (re-exported)
 
-__all__ = ["ARCHITECTURES", "MaskableViT", "create_image_encoder", "encoder_model_args", "known_architectures"]
+__all__ = [
+    "ARCHITECTURES",
+    "VIT_SIZES",
+    "MaskableViT",
+    "create_image_encoder",
+    "encoder_model_args",
+    "known_architectures",
+]
 
 # Width, depth and heads of each architecture, as timm's entrypoints of the same names define them (a test holds
 # every parameter shape against timm's own model).
-_VIT_SIZES: dict[str, dict[str, int]] = {
+VIT_SIZES: dict[str, dict[str, int]] = {
     "vit_tiny_patch16_224": {"embed_dim": 192, "depth": 12, "num_heads": 3},
     "vit_small_patch16_224": {"embed_dim": 384, "depth": 12, "num_heads": 6},
     "vit_base_patch16_224": {"embed_dim": 768, "depth": 12, "num_heads": 12},
@@ -107,7 +114,7 @@ def create_image_encoder(name: str, model_args: dict, num_classes: int = 0, drop
     """
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown image architecture '{name}'; choose one of {', '.join(ARCHITECTURES)}")
-    kwargs = {"patch_size": ARCHITECTURES[name], **_VIT_SIZES[name], **model_args}
+    kwargs = {"patch_size": ARCHITECTURES[name], **VIT_SIZES[name], **model_args}
     return build_model_with_cfg(
         MaskableViT,
         name,
