@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskfeat.mask_blocks import _neighbours, grow_mask
+from maskfeat.mask_blocks import _neighbours, block_mask_3d, grow_mask
 from maskfeat.masking import (
     MASK_FUNCTIONS,
     block_mask,
@@ -296,7 +296,7 @@ def test_upsample_mask():
 # runs and the SIGKILL-resume test rely on a seed always giving the same mask).
 PINNED = {
     "block": (lambda s: block_mask(14, 14, 0.4, s), "2ff2dcd5f73301ef"),
-    "cube": (lambda s: cube_mask(8, 7, 7, 0.4, s), "66e9698106cde94e"),
+    "cube": (lambda s: cube_mask(8, 7, 7, 0.4, s), "7838c9826794eb63"),  # the official settings since 2026-12-01
     "tube": (lambda s: tube_mask(8, 7, 7, 0.4, s), "baf4a055a94a8781"),
     "frame": (lambda s: frame_mask(8, 7, 7, 0.5, s), "9116370baa57a95b"),
     "random": (lambda s: random_mask((8, 7, 7), 0.4, s), "c7719d76ed650c50"),
@@ -337,3 +337,43 @@ def test_grow_mask_from_empty_grows_one_connected_region(shape):
                     seen.add(n)
                     todo.append(n)
         assert len(seen) == 9
+
+
+# The official generator (SlowFast's MaskingGenerator3D, commit 287ec0076846) on the official 8 x 7 x 7 grid at ratio
+# 0.4: 20,000 draws (random.seed(1)), of which the 7,080 exact ones (157 cells) give these means and standard errors.
+# The official code is not part of this project; BENCHMARKS.md ("Cube masks against the official generator") has
+# the method and the figures of both generators.
+OFFICIAL_EXACT_CUBES = {
+    "components": (1.1037, 0.0038),  # 3-D face-connected components per mask
+    "neighbour_rate": (0.8449, 0.0004),  # of a masked cell's in-grid spatial neighbours, the fraction masked
+    "time_steps_touched": (6.773, 0.012),  # time steps with at least one masked cell
+    "end_frames_fraction": (0.2322, 0.0016),  # masked fraction of the first and last time steps
+}
+
+
+def _cube_statistics(masks: np.ndarray) -> dict[str, tuple[float, float]]:
+    from scipy import ndimage
+
+    comps, rates = [], []
+    for m in masks:
+        comps.append(ndimage.label(m)[1])
+        pairs = [(m[:, 1:, :], m[:, :-1, :]), (m[:, :-1, :], m[:, 1:, :]), (m[:, :, 1:], m[:, :, :-1]),
+                 (m[:, :, :-1], m[:, :, 1:])]  # fmt: skip
+        rates.append(sum((a & b).sum() for a, b in pairs) / sum(a.sum() for a, _ in pairs))
+    values = {"components": comps, "neighbour_rate": rates, "time_steps_touched": masks.any(axis=(2, 3)).sum(1),
+              "end_frames_fraction": masks[:, [0, -1]].mean(axis=(1, 2, 3))}  # fmt: skip
+    return {k: (float(np.mean(v)), float(np.std(v) / np.sqrt(len(v)))) for k, v in values.items()}
+
+
+def test_cube_masks_are_distributed_as_the_official_generators_exact_draws():
+    masks = np.stack([cube_mask(8, 7, 7, 0.4, seed).numpy() for seed in range(1000)])
+    assert (masks.reshape(1000, -1).sum(1) == 157).all()
+    ours = _cube_statistics(masks)
+    for name, (mean, se) in OFFICIAL_EXACT_CUBES.items():
+        z = (ours[name][0] - mean) / math.hypot(se, ours[name][1])
+        assert abs(z) < 4, (name, ours[name], (mean, se))
+    # The previous settings (minimum area round(0.4 * 49) // 5 = 3, 10 attempts, sides up to the grid's, grown to the
+    # exact count) are told apart by the same statistics: the test can fail.
+    rng_masks = [block_mask_3d((8, 7, 7), 157, 3, random.Random(s)) for s in range(1000)]
+    old = _cube_statistics(np.stack(rng_masks))
+    assert abs(old["components"][0] - OFFICIAL_EXACT_CUBES["components"][0]) / old["components"][1] > 4

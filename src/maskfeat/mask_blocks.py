@@ -36,6 +36,7 @@ def block_mask_3d(
     max_area: int | None = None,
     max_attempts: int = _MAX_ATTEMPTS,
     strict_sides: bool = False,
+    redraws: int = 0,
 ) -> np.ndarray:
     """Block-wise masking of a ``(T, H, W)`` grid with exactly ``num_masked`` cells masked.
 
@@ -59,15 +60,32 @@ def block_mask_3d(
         max_area: largest spatial block area drawn (``max_num_patches``); None = ``min(remaining, H * W)``.
         max_attempts: draws of one block before the loop counts as stalled.
         strict_sides: only blocks with ``h < H`` and ``w < W``, as the references.
+        redraws: when phase 1 falls short, start it over up to this many times (a fresh mask each time) before
+            phase 2 completes the fullest draw: the result is then distributed as the reference's exact draws.
 
     Returns:
         A bool array of ``shape`` with exactly ``num_masked`` True cells.
     """
     T, H, W = shape
-    mask = np.zeros(shape, dtype=bool)
-    if num_masked >= mask.size:
-        mask[...] = True
-        return mask
+    if num_masked >= math.prod(shape):
+        return np.ones(shape, dtype=bool)
+    best, count = None, -1
+    for _ in range(redraws + 1):  # keep the first draw that is exact, else the fullest
+        mask = np.zeros(shape, dtype=bool)
+        drawn = _draw_blocks(mask, num_masked, min_area, max_area, max_attempts, strict_sides, rng)
+        if drawn > count:
+            best, count = mask, drawn
+        if count == num_masked:
+            return best
+    grow_mask(best, num_masked - count, rng)
+    return best
+
+
+def _draw_blocks(mask: np.ndarray, num_masked: int, min_area: int, max_area: int | None, max_attempts: int,
+                 strict_sides: bool, rng: random.Random) -> int:  # fmt: skip
+    """Phase 1: place blocks until ``num_masked`` cells are masked or a block fails ``max_attempts`` draws in a row.
+    Returns the number of cells masked."""
+    H, W = mask.shape[1:]
     count = 0
     while count < num_masked:
         remaining = num_masked - count
@@ -80,9 +98,7 @@ def block_mask_3d(
         if added == 0:
             break  # stalled: no block of the drawn sizes fits in what is left
         count += added
-    if count < num_masked:
-        grow_mask(mask, num_masked - count, rng)
-    return mask
+    return count
 
 
 def _place_block(
