@@ -46,8 +46,8 @@ def test_video_pretrain_then_finetune_with_multiview_evaluation(clips, tmp_path)
     assert metrics and all(m["loss"] > 0 for m in metrics) and metrics[-1]["bad_images"] >= 1
     meta = json.loads((pre / "encoder.json").read_text())
     assert meta["architecture"] == "vit_s"
-    assert meta["pretrained_cfg"] == {"input_size": [3, 32, 32], "mean": [0.485, 0.456, 0.406],
-                                      "std": [0.229, 0.224, 0.225], "interpolation": "bilinear", "crop_pct": 1.0,
+    assert meta["pretrained_cfg"] == {"input_size": [3, 32, 32], "mean": [0.45, 0.45, 0.45],  # SlowFast's Kinetics
+                                      "std": [0.225, 0.225, 0.225], "interpolation": "bilinear", "crop_pct": 1.0,
                                       "num_frames": 4, "frame_stride": 2, "num_classes": 0}  # fmt: skip
     encoder = create_encoder(meta["architecture"], meta["model_args"])
     encoder.load_state_dict(load_file(pre / "encoder.safetensors"), strict=True)  # the exported loader rebuilds it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from video_helpers import (
     fresh_warnings,  # noqa: F401 (autouse fixture)
@@ -102,3 +103,13 @@ def test_eval_transform_views() -> None:
     assert spatial_crop_offsets(299, 224, 1) == [38]
     tall = torch.zeros(2, 300, 200, 3, dtype=torch.uint8)
     assert VideoEvalTransform(112, num_crops=3)(tall).shape == (3, 3, 2, 112, 112)
+
+
+def test_clips_are_normalised_with_slowfasts_kinetics_mean_and_std():
+    """A clip of grey 0.45 * 255 is ~0 everywhere after either transform; white is (1 - 0.45) / 0.225."""
+
+    for value, expected in ((round(0.45 * 255), 0.0), (255, (1 - 0.45) / 0.225)):
+        clip = torch.full((4, 40, 48, 3), value, dtype=torch.uint8)
+        for transform in (VideoTrainTransform(32, short_side=(36, 40)), VideoEvalTransform(32)):
+            out = transform(clip)
+            assert out.abs().max().item() == pytest.approx(abs(expected), abs=0.02), (transform, value)

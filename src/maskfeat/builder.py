@@ -25,7 +25,7 @@ from maskfeat.data.loader import make_loader
 from maskfeat.data.sample import sample_image_folder, sample_labeled_folder, sample_video_folder
 from maskfeat.data.sampler import label_subset
 from maskfeat.data.video import VideoDataset
-from maskfeat.data.video_transforms import VideoTrainTransform
+from maskfeat.data.video_transforms import KINETICS_MEAN, KINETICS_STD, VideoTrainTransform
 from maskfeat.errors import ConfigError
 from maskfeat.models.maskfeat import MaskFeat, target_patch_size
 from maskfeat.models.mvit import MViTEncoder, load_pretrained_mvit
@@ -75,11 +75,12 @@ def make_pretrained_cfg(config: Any, num_classes: int = 0, label_names: list[str
     """How the encoder was trained to be used, in timm's ``pretrained_cfg`` keys, from a run's config (a
     ``DictConfig`` or the plain dict a checkpoint saves; older checkpoints' keys are read too).
 
-    Images: ``input_size`` ``[3, H, W]``, ImageNet ``mean``/``std`` (every maskfeat transform normalises with
+    Images: ``input_size`` ``[3, H, W]``, ImageNet ``mean``/``std`` (every image transform normalises with
     them), ``interpolation`` bicubic and ``crop_pct`` = ``data.crop_pct`` (evaluation resizes the short side to
     ``H / crop_pct``, then crops the centre), so that ``timm.data.resolve_data_config({}, model=model)`` of a
     model built with ``timm.create_model(..., pretrained_cfg_overlay=pretrained_cfg)`` gives maskfeat's own
-    evaluation transform. Video encoders (not timm models) add ``num_frames`` and ``frame_stride`` (clips of
+    evaluation transform. Video encoders (not timm models) have the Kinetics ``mean``/``std`` of SlowFast (0.45,
+    0.225: clips are normalised so) and add ``num_frames`` and ``frame_stride`` (clips of
     ``num_frames`` frames, every ``frame_stride``-th); their frames are resized bilinearly, short side to ``H``,
     and centre-cropped, hence ``crop_pct`` 1. ``num_classes`` (0: no classifier) and, for a classifier,
     ``label_names`` (its class folder names, in output order) describe the head.
@@ -89,13 +90,14 @@ def make_pretrained_cfg(config: Any, num_classes: int = 0, label_names: list[str
     config = upgrade_saved_config(config)
     data = config["data"]
     size = int(data["image_size"])
-    cfg: dict[str, Any] = {"input_size": [3, size, size], "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    cfg: dict[str, Any] = {"input_size": [3, size, size]}
     if is_video(config):
         video = config["video"]
-        cfg.update(interpolation="bilinear", crop_pct=1.0, num_frames=int(video["num_frames"]),
-                   frame_stride=int(video["frame_stride"]))  # fmt: skip
+        cfg.update(mean=list(KINETICS_MEAN), std=list(KINETICS_STD), interpolation="bilinear", crop_pct=1.0,
+                   num_frames=int(video["num_frames"]), frame_stride=int(video["frame_stride"]))  # fmt: skip
     else:
-        cfg.update(interpolation="bicubic", crop_pct=float(data["crop_pct"]))
+        cfg.update(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), interpolation="bicubic",
+                   crop_pct=float(data["crop_pct"]))  # fmt: skip
     cfg["num_classes"] = int(num_classes)
     if label_names:
         cfg["label_names"] = [str(n) for n in label_names]

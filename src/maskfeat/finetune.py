@@ -27,7 +27,7 @@ from maskfeat import checkpoint as ckpt_io
 from maskfeat.data.loader import make_loader
 from maskfeat.distributed import setup_run
 from maskfeat.engine import Job, evaluate
-from maskfeat.runner import amp_dtype, fit, place, steps_per_epoch
+from maskfeat.runner import amp_dtype, describe_run, fit, place, steps_per_epoch
 from maskfeat.tracking import count_str
 
 log = logging.getLogger("maskfeat")
@@ -87,13 +87,10 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
         extra={"encoder": meta, "encoder_prefix": "", "classifier": kind, "classes": list(dataset.classes)},
         evaluate=evaluate_fn, train_model=train_model, sharded=sharded, sample=sample.unit,
     )  # fmt: skip
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    summary = (
-        f"{kind} {cfg.model.name} ({count_str(n_train)} trainable params, {len(dataset.classes)} classes) on "
-        f"{len(dataset)} {sample.noun} from {train_folder}; {world_size} process(es) on {device}, batch "
-        f"{total_batch}, lr {cfg.train.lr:.3g}"
-    )
-    result, state = fit(cfg, job, device, summary)
+    n_train = count_str(sum(p.numel() for p in model.parameters() if p.requires_grad))
+    what = f"{kind} {cfg.model.name} ({n_train} trainable params, {len(dataset.classes)} classes)"
+    result, state = fit(cfg, job, device, describe_run(cfg, what, len(dataset), sample.noun, train_folder, device,
+                                                       total_batch))  # fmt: skip
     if state is not None:
         _write_outputs(cfg.output_dir, kind, state, meta, sample.timm)
     return result

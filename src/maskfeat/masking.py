@@ -173,38 +173,18 @@ def cube_mask(time: int, height: int, width: int, ratio: float = 0.4, generator:
 
 
 def tube_mask(time: int, height: int, width: int, ratio: float = 0.4, generator: GeneratorLike = None) -> torch.Tensor:
-    """Tube mask: one :func:`block_mask` of ``(height, width)`` repeated on every time step.
-
-    Exactly ``time * round(ratio * height * width)`` cells are masked.
-
-    Args:
-        time: token time steps.
-        height: token rows.
-        width: token columns.
-        ratio: fraction of cells to mask, in [0, 1].
-        generator: a ``torch.Generator``, an int seed, or None (torch's global RNG).
-
-    Returns:
-        Bool tensor ``(time, height, width)``, True = masked, with ``mask[t] == mask[0]`` for every ``t``.
-    """
+    """Tube mask: one :func:`block_mask` of ``(height, width)`` repeated on every time step; exactly ``time *
+    round(ratio * height * width)`` cells are masked. The arguments are :func:`cube_mask`'s; the bool ``(time,
+    height, width)`` result has ``mask[t] == mask[0]`` for every ``t``."""
     (time,) = _check_sizes(time=time)
     spatial = block_mask(height, width, ratio, generator)
     return spatial.unsqueeze(0).repeat(time, 1, 1)
 
 
 def frame_mask(time: int, height: int, width: int, ratio: float = 0.4, generator: GeneratorLike = None) -> torch.Tensor:
-    """Frame mask: ``round(ratio * time)`` whole time steps, chosen uniformly at random, are masked.
-
-    Args:
-        time: token time steps.
-        height: token rows.
-        width: token columns.
-        ratio: fraction of time steps to mask, in [0, 1].
-        generator: a ``torch.Generator``, an int seed, or None (torch's global RNG).
-
-    Returns:
-        Bool tensor ``(time, height, width)``, True = masked; each time step is all True or all False.
-    """
+    """Frame mask: ``round(ratio * time)`` whole time steps, chosen uniformly at random, are masked (``ratio``: the
+    fraction of time steps). The arguments are :func:`cube_mask`'s; in the bool ``(time, height, width)`` result
+    each time step is all True or all False."""
     time, height, width = _check_sizes(time=time, height=height, width=width)
     frames = random_mask((time,), ratio, generator)
     return frames[:, None, None].expand(time, height, width).clone()

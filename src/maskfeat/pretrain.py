@@ -18,7 +18,7 @@ from maskfeat.data.loader import make_loader
 from maskfeat.distributed import setup_run
 from maskfeat.engine import Job
 from maskfeat.models.maskfeat import MaskFeat, mean_target_mse
-from maskfeat.runner import fit, place, steps_per_epoch
+from maskfeat.runner import describe_run, fit, place, steps_per_epoch
 from maskfeat.tracking import count_str
 
 log = logging.getLogger("maskfeat")
@@ -55,12 +55,10 @@ def run_pretrain(cfg: DictConfig) -> dict:
     job = Job(model=model, loss_fn=masked_feature_loss, optimizer=optimizer, scheduler=scheduler, loader=loader,
               sampler=sampler, steps_per_epoch=spe, total_steps=tr.epochs * spe, extra={"encoder": encoder_meta},
               train_model=train_model, sharded=sharded, sample=kind.unit)  # fmt: skip
-    n_params = sum(p.numel() for p in model.encoder.parameters())
-    summary = (
-        f"pretrain {cfg.model.name} ({count_str(n_params)} params, {'x'.join(map(str, grid))} tokens, "
-        f"target {cfg.target.name} {model.target.dim}-d) on {len(dataset)} {kind.noun} from {folder}; "
-        f"{world_size} process(es) on {device}, batch {total_batch}, lr {cfg.train.lr:.3g}"
-    )
+    n_params = count_str(sum(p.numel() for p in model.encoder.parameters()))
+    what = (f"pretrain {cfg.model.name} ({n_params} params, {'x'.join(map(str, grid))} tokens, target "
+            f"{cfg.target.name} {model.target.dim}-d)")  # fmt: skip
+    summary = describe_run(cfg, what, len(dataset), kind.noun, folder, device, total_batch)
     result, state = fit(cfg, job, device, summary)
     if state is not None:
         out = cfg.output_dir

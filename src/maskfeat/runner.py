@@ -35,7 +35,8 @@ from maskfeat.engine import Job, LoopOptions, LoopStats, train_steps
 from maskfeat.errors import ConfigError, Interrupted, Preempted
 from maskfeat.tracking import RunLog
 
-__all__ = ["BadFiles", "Job", "TrainLog", "amp_dtype", "final_state", "fit", "place", "steps_per_epoch"]
+__all__ = ["BadFiles", "Job", "TrainLog", "amp_dtype", "describe_run", "final_state", "fit", "place",
+           "steps_per_epoch"]  # fmt: skip
 
 log = logging.getLogger("maskfeat")
 
@@ -52,6 +53,13 @@ def place(cfg: DictConfig, model: nn.Module, kind: str, spe: int, device: torch.
     optimizer, scheduler = build_optimizer_and_schedule(cfg, model, kind, spe)
     torch.manual_seed(cfg.seed + rank)
     return optimizer, scheduler, wrap_for_training(model, device, world_size, tr.compile, sharded), sharded
+
+
+def describe_run(cfg: DictConfig, what: str, num_items: int, noun: str, folder: str, device: torch.device,
+                 total_batch: int) -> str:  # fmt: skip
+    """The line a training command starts with: ``what`` (command, model, size) and the data, processes and lr."""
+    return (f"{what} on {num_items} {noun} from {folder}; {cfg.world_size} process(es) on {device}, batch "
+            f"{total_batch}, lr {cfg.train.lr:.3g}")  # fmt: skip
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:

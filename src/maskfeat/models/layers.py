@@ -1,4 +1,5 @@
-"""Pieces the encoders share: size pairs, the [MASK] token substitution, and their timm registration."""
+"""Pieces the encoders share: size pairs, the [MASK] token substitution, timm's training hooks and their timm
+registration."""
 
 from __future__ import annotations
 
@@ -11,7 +12,27 @@ from timm.layers import to_2tuple
 from timm.models import register_model
 from torch import nn
 
-__all__ = ["apply_token_mask", "pair", "register_sizes"]
+__all__ = ["TimmHooks", "apply_token_mask", "pair", "register_sizes"]
+
+
+class TimmHooks:
+    """timm's hooks of the video encoders: layer grouping for layer-wise lr decay (``STEM``: the embedding
+    parameters, first; one layer per ``blocks.N``; ``LAST``: the final norm and head), gradient checkpointing (the
+    encoder reads ``self.grad_checkpointing``) and the classifier (``self.head``)."""
+
+    STEM = ""  # regex of the embedding parameters' names
+    LAST = r"^norm"  # regex of the parameters grouped after the last block
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return {"stem": self.STEM, "blocks": [(r"^blocks\.(\d+)", None), (self.LAST, (99999,))]}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
 
 
 def pair(x: int | Sequence[int]) -> tuple[int, int]:

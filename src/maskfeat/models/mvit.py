@@ -49,7 +49,7 @@ import torch.utils.checkpoint
 from torch import nn
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 
-from maskfeat.models.layers import apply_token_mask, pair, register_sizes
+from maskfeat.models.layers import TimmHooks, apply_token_mask, pair, register_sizes
 
 __all__ = [
     "MVIT_SIZES",
@@ -129,7 +129,7 @@ def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
 
 
-class MViTEncoder(nn.Module):
+class MViTEncoder(TimmHooks, nn.Module):
     """An MViTv2 (torchvision's modules) with MaskFeat's [MASK] token and a timm-style interface.
 
     The submodules are torchvision's ``MViT`` ones under the same names (``conv_proj``, ``pos_encoding``,
@@ -154,6 +154,9 @@ class MViTEncoder(nn.Module):
         fc_norm: Normalise after pooling instead of before (timm's ``fc_norm``): the official MaskFeat fine-tuning
             head with mean pooling (mean of the patch tokens, LayerNorm, linear). None = ``global_pool == 'avg'``.
     """
+
+    STEM = r"^conv_proj|^pos_encoding"  # timm's layer grouping: the embedding first, norm / head last
+    LAST = r"^norm|^fc_norm"
 
     def __init__(
         self,
@@ -226,21 +229,6 @@ class MViTEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names / fnmatch patterns without weight decay: the class token and relative position tables."""
         return {"pos_encoding.class_token", *(f"blocks.*.attn.{n}" for n in _REL_POS_NAMES)}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's layer grouping (for layer-wise lr decay): the embedding first, one layer per block, norm/head last."""
-        return {
-            "stem": r"^conv_proj|^pos_encoding",
-            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm", (99999,))],
-        }
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
 
     def forward_features(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None

@@ -27,7 +27,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from maskfeat.models.layers import apply_token_mask, pair, register_sizes
+from maskfeat.models.layers import TimmHooks, apply_token_mask, pair, register_sizes
 
 __all__ = ["VIDEO_VIT_SIZES", "VideoViT", "video_vit_args"]  # + the entrypoints vit_s, vit_b, vit_l
 
@@ -39,7 +39,7 @@ VIDEO_VIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-class VideoViT(nn.Module):
+class VideoViT(TimmHooks, nn.Module):
     """A ViT over space-time tubelets, built from timm's :class:`~timm.models.vision_transformer.Block`.
 
     Layout (names are those of the ``state_dict``): ``patch_embed`` (Conv3d, kernel = stride = tubelet),
@@ -65,6 +65,8 @@ class VideoViT(nn.Module):
         class_token: Prepend a learned class token.
         head_drop: Dropout before the classifier.
     """
+
+    STEM = r"^cls_token|^pos_embed|^patch_embed"  # timm's layer grouping: the embeddings first, norm / head last
 
     def __init__(
         self,
@@ -143,21 +145,6 @@ class VideoViT(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names trained without weight decay (besides every 1-D parameter)."""
         return {"cls_token", "pos_embed_spatial", "pos_embed_temporal", "pos_embed_class"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's layer grouping (for layer-wise lr decay): embeddings first, one layer per block, norm/head last."""
-        return {
-            "stem": r"^cls_token|^pos_embed|^patch_embed",
-            "blocks": [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))],
-        }
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
 
     def token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
         """The token grid (T', H', W') of a clip ``x`` (B, C, T, H, W)."""
