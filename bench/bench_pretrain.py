@@ -26,7 +26,7 @@ from maskfeat.optim import build_optimizer
 from maskfeat.targets import build_target
 
 MODELS = {  # name: (architecture, image size, depth override)
-    "demo": ("vit_tiny_patch16_224", 96, 6),  # configs/pretrain/demo.yaml
+    "demo": ("vit_tiny_patch16_224", 96, 6),  # ViT-Tiny (width 192) at depth 6: the demo of 2026-11 (now width 128)
     "vit_small": ("vit_small_patch16_224", 224, None),
     "vit_base": ("vit_base_patch16_224", 224, None),
 }

@@ -8,6 +8,7 @@ import json
 import pytest
 import timm
 import torch
+from conftest import SHARED
 from timm.optim import create_optimizer_v2
 from torchvision.models.video import mvit_v2_s
 from torchvision.models.video.mvit import MViT
@@ -328,3 +329,26 @@ def test_video_encoders_are_in_timms_registry_with_the_encoder_interface():
         assert tokens.shape == (1, enc.num_prefix_tokens + N_OUT, enc.num_features)
     with pytest.raises(ValueError, match="no downloadable weights"):
         timm.create_model("mvit_v2_s", pretrained=True)
+
+
+@pytest.mark.skipif(not (SHARED / "fixtures" / "slowfast" / "mvit_video_pt.pyth").is_file(),
+                    reason="no ../shared/fixtures/slowfast")  # fmt: skip
+def test_official_pretrained_mvit_fine_tunes_at_a_larger_crop():
+    """The paper fine-tunes MViT-L at 312 and 352 px from 224-px pre-training: the official (converted) weights load
+    into a fine-tuning model of a larger crop, the relative position tables resampled, every block weight kept."""
+    from maskfeat.convert import convert
+
+    result = convert(str(SHARED / "fixtures" / "slowfast" / "mvit_video_pt.pyth"))
+    args = dict(result.encoder_meta["model_args"])
+    assert args["img_size"] in (96, [96, 96])
+    args.update(img_size=128, pretrain=False)  # 96 -> 128 px: 24x24 -> 32x32 patches
+    ft = timm.create_model(result.encoder_meta["architecture"], num_classes=5, **args)
+    report = load_pretrained_mvit(ft, result.encoder_state)
+    assert report.missing_keys and all(k.startswith("head.") for k in report.missing_keys)  # only the classifier
+    assert report.resized_keys and all(k.rsplit(".", 1)[-1] in ("rel_pos_h", "rel_pos_w") for k in report.resized_keys)
+    kept = {k: v for k, v in result.encoder_state.items() if k not in report.resized_keys and not k.startswith("head")}
+    own = ft.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in kept.items())
+    with torch.no_grad():
+        logits = ft.eval()(torch.randn(1, 3, 8, 128, 128))
+    assert logits.shape == (1, 5) and torch.isfinite(logits).all()
