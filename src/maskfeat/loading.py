@@ -70,9 +70,12 @@ def _from_safetensors(file: str) -> nn.Module:
         found = ckpt_io.read_pretrain_model(file)
         assert found is not None
         state, meta, _ = found
-        model = build_converted(None, meta, None)
-        ckpt_io.load_strict(model, state, file, _WHAT)
-        return model
+        try:
+            return build_converted(None, meta, state)  # loads strictly
+        except RuntimeError as e:
+            raise ValueError(
+                f"{file} does not fit the model its metadata names: {str(e).splitlines()[-1][:300]}"
+            ) from None
     state, meta = ckpt_io.read_encoder(file)
     if meta is None:
         raise ValueError(f"{file} has no encoder.json (or config.json) beside it: cannot name its architecture")
