@@ -269,7 +269,7 @@ def write_encoder(
     """
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(os.path.join(out_dir, "encoder.safetensors"), lambda f: f.write(_safetensors_bytes(tensors)))
+    atomic_write(os.path.join(out_dir, "encoder.safetensors"), lambda f: f.write(safetensors_bytes(tensors)))
     meta = {"architecture": architecture, "model_args": model_args}
     if pretrained_cfg is not None:
         meta["pretrained_cfg"] = pretrained_cfg
@@ -277,7 +277,7 @@ def write_encoder(
     atomic_write(os.path.join(out_dir, "encoder.json"), lambda f: f.write(text.encode()))
 
 
-def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save(tensors, metadata={"format": "pt"})
 
 
@@ -297,8 +297,10 @@ def read_encoder(path: str, allow_pickle: bool = False) -> tuple[dict[str, torch
     if os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if name == HUB_WEIGHTS:  # timm's config.json: the same three entries
+        if name == HUB_WEIGHTS:  # timm's config.json: the same three entries (num_classes only for a classifier)
             meta = {k: meta[k] for k in ("architecture", "model_args", "pretrained_cfg") if k in meta}
+            if not meta.get("model_args", {}).get("num_classes", 1):
+                meta["model_args"] = {k: v for k, v in meta["model_args"].items() if k != "num_classes"}
     return state, meta
 
 

@@ -61,15 +61,24 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     p = sub.add_parser(
         "export",
-        help="write encoder.safetensors + encoder.json (timm) from a checkpoint",
+        help="write encoder.safetensors + encoder.json (timm) from a checkpoint; --hub: a timm / Hub folder",
         description="Write encoder.safetensors + encoder.json (loadable by timm.create_model) "
         "from any maskfeat checkpoint.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-*.pt or encoder.safetensors")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-*.pt, encoder.safetensors or a folder of "
+                   "convert, export or a run")  # fmt: skip
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into")
     p.add_argument(
         "--allow-pickle", action="store_true", help="read a checkpoint holding pickled objects (trusted files only)"
     )
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        help="write config.json + model.safetensors + README.md (a model "
+        "card): a folder timm.create_model('local-dir:OUT_DIR', pretrained=True) loads, ready for the Hub",
+    )
+    p.add_argument("--license", default="apache-2.0", help="--hub: the license the model card and config name "
+                   "(default: apache-2.0)")  # fmt: skip
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p = sub.add_parser(
         "convert",
@@ -137,8 +146,9 @@ def _run_file_command(args: argparse.Namespace) -> int:
         return 0
     from maskfeat.export import run_export
 
-    run_export(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle)
-    print(f"wrote {args.out_dir}/encoder.safetensors and {args.out_dir}/encoder.json")
+    paths = run_export(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle, hub=args.hub,
+                       license=args.license)  # fmt: skip
+    print(f"wrote {', '.join(paths)}")
     return 0
 
 
