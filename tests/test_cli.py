@@ -40,7 +40,7 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("command", ["pretrain", "visualize", "export"])
+@pytest.mark.parametrize("command", ["pretrain", "visualize", "export", "convert"])
 def test_every_command_answers_help(command):
     r = maskfeat(command, "--help")
     assert r.returncode == 0 and "usage: maskfeat " + command in r.stdout
@@ -48,8 +48,8 @@ def test_every_command_answers_help(command):
 
 @pytest.mark.parametrize(
     "args, status",
-    [(["--help"], 0), (["pretrain", "--help"], 0), (["export", "--help"], 0), (["pretrain", "train.epoch=1"], 2),
-     (["pretrain", "-c", "missing.yaml"], 2), (["finetune", "train.amp=fp8"], 2)],
+    [(["--help"], 0), (["pretrain", "--help"], 0), (["export", "--help"], 0), (["convert", "--help"], 0),
+     (["pretrain", "train.epoch=1"], 2), (["pretrain", "-c", "missing.yaml"], 2), (["finetune", "train.amp=fp8"], 2)],
 )  # fmt: skip
 def test_help_and_config_errors_do_not_import_torch(args, status):
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "maskfeat", *args], capture_output=True, text=True,

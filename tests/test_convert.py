@@ -8,11 +8,14 @@ input and mask. Without ``../shared`` those tests skip; the others need nothing 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import timm
 import torch
-from conftest import SHARED
+from conftest import ROOT, SHARED
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torchvision.models.video import mvit_v2_s
@@ -263,3 +266,47 @@ def test_torchvisions_mvit_v2_s_is_recognised_as_mvit_v2_s_tv():
     assert (args["img_size"], args["num_frames"], args["num_classes"]) == ([224, 224], 16, 400)
     want = {k: v.shape for k, v in result.encoder_state.items()}
     assert {k: v.shape for k, v in model.state_dict().items()} == want
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# maskfeat convert SRC OUT_DIR, as a user runs it
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "maskfeat", *args], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=ROOT)  # fmt: skip
+
+
+@needs_fixtures
+@pytest.mark.parametrize("name", PRETRAIN + FINETUNE)
+def test_convert_command_writes_the_folder_of_each_official_checkpoint(tmp_path, name):
+    out = tmp_path / "converted"
+    r = run_cli("convert", str(FIXTURES / f"{name}.pyth"), str(out))
+    assert r.returncode == 0, r.stderr
+    want = ["encoder.json", "encoder.safetensors"] + (["maskfeat.safetensors"] if name in PRETRAIN else [])
+    assert sorted(p.name for p in out.iterdir()) == want
+    assert str(out / "encoder.safetensors") in r.stdout and "\n" not in r.stdout.strip()
+    meta = json.loads((out / "encoder.json").read_text())
+    assert meta["architecture"] == ("mvit_v2_s" if name.startswith("mvit") else "vit_base_patch16_224")
+    assert ("num_classes" in meta["model_args"]) == (name in FINETUNE)
+    reference = convert(str(FIXTURES / f"{name}.pyth")).encoder_state
+    written = load_file(str(out / "encoder.safetensors"))
+    assert written.keys() == reference.keys() and all(torch.equal(written[k], reference[k]) for k in written)
+
+
+def test_convert_command_answers_help_and_refuses_bad_files_in_one_line(tmp_path):
+    r = run_cli("convert", "--help")
+    assert r.returncode == 0 and "usage: maskfeat convert" in r.stdout
+    damaged = tmp_path / "damaged.pyth"
+    damaged.write_bytes(b"\x80\x02 truncated")
+    other = tmp_path / "other.pt"
+    torch.save({"weights": {"fc.weight": torch.zeros(2, 2)}}, other)
+    for src, why in ((damaged, "not a weights-only torch file"), (other, "unknown layout"),
+                     (tmp_path / "missing.pyth", "no such file")):  # fmt: skip
+        r = run_cli("convert", str(src), str(tmp_path / "out"))
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"maskfeat: error: cannot convert {src}") and why in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from maskfeat.config import Config, upgrade_saved_config
 from maskfeat.distributed import is_main_process, load_training_state
 from maskfeat.errors import ConfigError
+from maskfeat.weight_files import HUB_CONFIG, HUB_WEIGHTS, LAST, PRETRAIN, encoder_file
 
 log = logging.getLogger("maskfeat")
-
-LAST = "checkpoint-last.pt"
 
 
 def atomic_write(path: str, write_fn) -> None:
@@ -269,7 +269,7 @@ def write_encoder(
     """
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(os.path.join(out_dir, "encoder.safetensors"), lambda f: f.write(_safetensors_bytes(tensors)))
+    atomic_write(os.path.join(out_dir, "encoder.safetensors"), lambda f: f.write(safetensors_bytes(tensors)))
     meta = {"architecture": architecture, "model_args": model_args}
     if pretrained_cfg is not None:
         meta["pretrained_cfg"] = pretrained_cfg
@@ -277,20 +277,69 @@ def write_encoder(
     atomic_write(os.path.join(out_dir, "encoder.json"), lambda f: f.write(text.encode()))
 
 
-def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
+def safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
     return save(tensors, metadata={"format": "pt"})
 
 
 def read_encoder(path: str, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """Weights and (when present) ``encoder.json`` from an ``encoder.safetensors`` or a checkpoint of ours."""
+    """Encoder weights and (when known) their ``{"architecture", "model_args", "pretrained_cfg"}``, from
+    ``path``: a folder (see :func:`maskfeat.weight_files.encoder_file`), an ``encoder.safetensors`` (with the
+    ``encoder.json`` beside it), a ``maskfeat.safetensors`` (its ``encoder.*``), a Hub ``model.safetensors``
+    (with its ``config.json``) or a checkpoint of ours."""
+    path = encoder_file(path)
+    if not path.endswith(".safetensors"):
+        return checkpoint_encoder(load_checkpoint(path, allow_pickle), path)
+    state, meta = read_safetensors(path)
+    name = os.path.basename(path)
+    if name == PRETRAIN:
+        return encoder_state_dict(state), meta
+    meta_path = os.path.join(os.path.dirname(path), HUB_CONFIG if name == HUB_WEIGHTS else "encoder.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if name == HUB_WEIGHTS:  # timm's config.json: the same three entries (num_classes only for a classifier)
+            meta = {k: meta[k] for k in ("architecture", "model_args", "pretrained_cfg") if k in meta}
+            if not meta.get("model_args", {}).get("num_classes", 1):
+                meta["model_args"] = {k: v for k, v in meta["model_args"].items() if k != "num_classes"}
+    return state, meta
+
+
+def read_safetensors(path: str) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The tensors of a safetensors file and the encoder meta of its ``maskfeat`` metadata (None without)."""
+    try:
+        with safe_open(path, "pt") as f:
+            meta = (f.metadata() or {}).get("maskfeat")
+        return load_file(path), json.loads(meta) if meta else None
+    except Exception as e:
+        raise ValueError(f"cannot read {path}: {_first_line(e)}") from None
+
+
+def read_pretrain_model(path: str, allow_pickle: bool = False) -> tuple[dict, dict, dict] | None:
+    """``(state, encoder meta, target settings)`` of the whole pre-training model at ``path`` (a
+    ``maskfeat.safetensors`` or a ``maskfeat pretrain`` checkpoint); None when ``path`` holds another model."""
     if path.endswith(".safetensors"):
-        meta_path = os.path.join(os.path.dirname(path), "encoder.json")
-        meta = json.load(open(meta_path)) if os.path.isfile(meta_path) else None
-        try:
-            return load_file(path), meta
-        except Exception as e:
-            raise ValueError(f"cannot read {path}: {_first_line(e)}") from None
-    return checkpoint_encoder(load_checkpoint(path, allow_pickle), path)
+        if os.path.basename(path) != PRETRAIN:
+            return None
+        state, meta = read_safetensors(path)
+        if meta is None or "target" not in meta:
+            raise ValueError(f"{path} has no 'maskfeat' metadata: cannot name its architecture and target")
+        return state, meta, dict(meta["target"])
+    ckpt = load_checkpoint(path, allow_pickle)
+    if "classifier" in ckpt or not isinstance(ckpt.get("config"), dict) or "model" not in ckpt:
+        return None
+    config = upgrade_saved_config(ckpt["config"])
+    return ckpt["model"], dict(ckpt.get("encoder", {})), dict(config.get("target", {}))
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch is one line: ``{path} does not fit {what}: ...``
+    with the first missing, unexpected or misshapen weights."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
+        raise ConfigError(f"{path} does not fit {what}: {detail[:300]}") from None
 
 
 def checkpoint_encoder(ckpt: dict[str, Any], path: str) -> tuple[dict[str, torch.Tensor], dict]:

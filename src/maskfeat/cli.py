@@ -5,7 +5,8 @@
     maskfeat linprobe  -c CONFIG.yaml [key=value ...]
     maskfeat evaluate  -c CONFIG.yaml [key=value ...]
     maskfeat visualize -c CONFIG.yaml [key=value ...]
-    maskfeat export    CHECKPOINT OUT_DIR
+    maskfeat export    CHECKPOINT OUT_DIR [--hub]
+    maskfeat convert   SRC OUT_DIR
 
 Errors print one line (``maskfeat: error: ...``) and exit with status 2; ``--debug`` shows the traceback.
 A run stopped by SIGTERM / SIGUSR1 saves a checkpoint and exits with status 75 (EX_TEMPFAIL): rerun to resume.
@@ -60,15 +61,36 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--debug", action="store_true", help="show tracebacks")
     p = sub.add_parser(
         "export",
-        help="write encoder.safetensors + encoder.json (timm) from a checkpoint",
+        help="write encoder.safetensors + encoder.json (timm) from a checkpoint; --hub: a timm / Hub folder",
         description="Write encoder.safetensors + encoder.json (loadable by timm.create_model) "
         "from any maskfeat checkpoint.",
     )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-*.pt or encoder.safetensors")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-*.pt, encoder.safetensors or a folder of "
+                   "convert, export or a run")  # fmt: skip
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into")
     p.add_argument(
         "--allow-pickle", action="store_true", help="read a checkpoint holding pickled objects (trusted files only)"
     )
+    p.add_argument(
+        "--hub",
+        action="store_true",
+        help="write config.json + model.safetensors + README.md (a model "
+        "card): a folder timm.create_model('local-dir:OUT_DIR', pretrained=True) loads, ready for the Hub",
+    )
+    p.add_argument("--license", default="apache-2.0", help="--hub: the license the model card and config name "
+                   "(default: apache-2.0)")  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p = sub.add_parser(
+        "convert",
+        help="convert official MaskFeat (SlowFast .pyth), mmpretrain or torchvision MViTv2 weights",
+        description="Convert the weights of another implementation into a folder every command reads with "
+        "model.checkpoint=OUT_DIR: encoder.safetensors + encoder.json and, for pre-training checkpoints, "
+        "maskfeat.safetensors (encoder, [MASK] token, prediction head). The source is read with "
+        "torch.load(weights_only=True).",
+    )
+    p.add_argument("src", metavar="SRC", help="an official SlowFast .pyth, an mmpretrain MaskFeat ViT checkpoint "
+                   "or torchvision MViTv2 weights")  # fmt: skip
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -83,12 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     from maskfeat.tracking import setup_logging
 
     setup_logging(args.debug)
-    if args.command == "export":
-        from maskfeat.export import run_export
-
-        run_export(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle)
-        print(f"wrote {args.out_dir}/encoder.safetensors and {args.out_dir}/encoder.json")
-        return 0
+    if args.command in ("export", "convert"):
+        return _run_file_command(args)
 
     from maskfeat.config import load_config, to_yaml
 
@@ -113,6 +131,24 @@ def _run(args: argparse.Namespace) -> int:
         from maskfeat.visualize import run_visualize
 
         run_visualize(cfg)
+    return 0
+
+
+def _run_file_command(args: argparse.Namespace) -> int:
+    """``export`` and ``convert``: files in, files out, no config."""
+    if args.command == "convert":
+        from maskfeat.convert import convert, write_converted
+
+        result = convert(args.src)
+        paths = write_converted(result, args.out_dir)
+        what = "pre-training model" if result.pretrain_state is not None else "encoder"
+        print(f"{args.src}: {result.encoder_meta['architecture']} {what}; wrote {', '.join(paths)}")
+        return 0
+    from maskfeat.export import run_export
+
+    paths = run_export(args.checkpoint, args.out_dir, allow_pickle=args.allow_pickle, hub=args.hub,
+                       license=args.license)  # fmt: skip
+    print(f"wrote {', '.join(paths)}")
     return 0
 
 

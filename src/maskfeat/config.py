@@ -78,7 +78,7 @@ class ModelConfig:
     depth: int | None = None  # number of transformer blocks; null = the architecture's own
     num_heads: int | None = None  # attention heads per block; null = the architecture's own
     drop_path: float = 0.0  # stochastic depth rate (0 for pre-training, as the official recipe)
-    checkpoint: str | None = None  # weights to start from: checkpoint-*.pt or encoder.safetensors
+    checkpoint: str | None = None  # weights to start from: checkpoint-*.pt, encoder.safetensors or a folder
     allow_pickle: bool = False  # load model.checkpoint even if it holds pickled objects (runs code: trusted files only)
     head_init_std: float = 2e-5  # finetune / linprobe: std of the new classifier head's weights (small, as MAE)
     grad_checkpointing: bool = False  # activation checkpointing: less memory, ~30% more compute

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from maskfeat.errors import ConfigError
 from maskfeat.models.names import check_model_settings
+from maskfeat.weight_files import ENCODER, HUB_WEIGHTS, LAST, PRETRAIN, has_weights
 
 __all__ = ["PATHS_READ", "validate"]
 
@@ -45,8 +46,9 @@ def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
             _require(p is None or os.path.exists(p), f"data.{key} does not exist: {p}")
     check_model_settings(cfg, command)
     _require(0 <= m.drop_path < 1, f"model.drop_path must be in [0, 1), got {m.drop_path}")
-    _require(not check_paths or m.checkpoint is None or os.path.isfile(m.checkpoint),
-             f"model.checkpoint not found: {m.checkpoint}")  # fmt: skip
+    _require(not check_paths or m.checkpoint is None or has_weights(m.checkpoint),
+             f"model.checkpoint not found: {m.checkpoint} (a weights file, or a folder holding {ENCODER}, "
+             f"{PRETRAIN}, {HUB_WEIGHTS} or {LAST})")  # fmt: skip
     _require(0 < cfg.mask.ratio < 1, f"mask.ratio must be in (0, 1), got {cfg.mask.ratio}")
     _require(tr.epochs > 0, f"train.epochs must be positive, got {tr.epochs}")
     _require(tr.batch_size > 0, f"train.batch_size must be positive, got {tr.batch_size}")

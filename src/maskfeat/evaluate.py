@@ -16,6 +16,7 @@ from maskfeat.distributed import setup_run
 from maskfeat.engine import evaluate
 from maskfeat.errors import ConfigError
 from maskfeat.runner import amp_dtype
+from maskfeat.weight_files import encoder_file
 
 log = logging.getLogger("maskfeat")
 
@@ -23,7 +24,9 @@ RUN_RECORD = ("config.yaml", "metrics.jsonl", ckpt_io.LAST)
 
 
 def _read_classifier(path: str, allow_pickle: bool) -> tuple[str, dict, dict, list[str]]:
-    """(kind, encoder meta, state dict, class names) of a saved classifier."""
+    """(kind, encoder meta, state dict, class names) of a saved classifier (a folder: its encoder.safetensors,
+    else its checkpoint-last.pt)."""
+    path = encoder_file(path)
     if path.endswith(".safetensors"):
         state, meta = ckpt_io.read_encoder(path, allow_pickle)
         kind, classes = "finetune", []

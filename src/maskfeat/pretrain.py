@@ -10,13 +10,14 @@ import logging
 import os
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from maskfeat import builder
+from maskfeat import builder, weight_files
 from maskfeat import checkpoint as ckpt_io
 from maskfeat.data.loader import make_loader
 from maskfeat.distributed import setup_run
 from maskfeat.engine import Job
+from maskfeat.errors import ConfigError
 from maskfeat.models.maskfeat import MaskFeat, mean_target_mse
 from maskfeat.runner import describe_run, fit, place, steps_per_epoch
 from maskfeat.tracking import count_str
@@ -50,7 +51,7 @@ def run_pretrain(cfg: DictConfig) -> dict:
     spe = steps_per_epoch(len(dataset), folder, tr.batch_size, tr.accum_steps, world_size, kind.noun)
     total_batch = builder.resolve(cfg, world_size, tr.batch_size * tr.accum_steps)
     if cfg.model.checkpoint:
-        _load_initial_weights(model, cfg.model.checkpoint, cfg.model.allow_pickle)
+        _load_initial_weights(model, cfg, encoder_meta["architecture"])
     optimizer, scheduler, train_model, sharded = place(cfg, model, "pretrain", spe, device, rank, world_size)
     job = Job(model=model, loss_fn=masked_feature_loss, optimizer=optimizer, scheduler=scheduler, loader=loader,
               sampler=sampler, steps_per_epoch=spe, total_steps=tr.epochs * spe, extra={"encoder": encoder_meta},
@@ -71,11 +72,35 @@ def run_pretrain(cfg: DictConfig) -> dict:
     return result
 
 
-def _load_initial_weights(model: MaskFeat, path: str, allow_pickle: bool = False) -> None:
-    """Start from existing weights: a checkpoint of ours (full model) or an encoder.safetensors."""
-    if path.endswith(".safetensors"):
-        state, _ = ckpt_io.read_encoder(path, allow_pickle)
-        model.encoder.load_state_dict(state, strict=True)
-    else:
-        model.load_state_dict(ckpt_io.load_checkpoint(path, allow_pickle)["model"], strict=True)
-    log.info(f"initialised from {path}")
+# The target settings a pre-trained prediction head depends on (the others have no weights to disagree with).
+_TARGET_KEYS = ("name", "nbins", "cell_size", "gaussian_window", "frame_index")
+_WHAT = "this run's {} (model sizes, data.image_size, video.num_frames or target)"
+
+
+def _load_initial_weights(model: MaskFeat, cfg: DictConfig, architecture: str) -> None:
+    """Start from ``model.checkpoint``: the whole pre-training model (encoder, [MASK] token, head) where it is
+    there (``maskfeat.safetensors`` of ``maskfeat convert``, a ``pretrain`` checkpoint, or a folder holding one),
+    else its encoder. The architecture and the target must be this run's: otherwise one line says what differs."""
+    path = weight_files.model_file(cfg.model.checkpoint)
+    whole = ckpt_io.read_pretrain_model(path, cfg.model.allow_pickle)
+    if whole is None:
+        state, meta = ckpt_io.read_encoder(path, cfg.model.allow_pickle)
+        _check_architecture(path, meta, architecture)
+        ckpt_io.load_strict(model.encoder, state, path, _WHAT.format("encoder"))
+        log.info(f"initialised the encoder from {path} ([MASK] token and head start fresh)")
+        return
+    state, meta, target = whole
+    _check_architecture(path, meta, architecture)
+    ours = OmegaConf.to_container(cfg.target, enum_to_str=True)
+    differ = [f"target.{k}: {target[k]} there, {ours[k]} here" for k in _TARGET_KEYS
+              if k in target and str(target[k]) != str(ours[k])]  # fmt: skip
+    if differ:
+        raise ConfigError(f"{path} was pre-trained with another target ({'; '.join(differ)}): set the same target")
+    ckpt_io.load_strict(model, state, path, _WHAT.format("pre-training model"))
+    log.info(f"continuing pre-training from {path} (encoder, [MASK] token and head)")
+
+
+def _check_architecture(path: str, meta: dict | None, architecture: str) -> None:
+    theirs = (meta or {}).get("architecture")
+    if theirs is not None and theirs != architecture:
+        raise ConfigError(f"{path} holds a {theirs} model, but model.name={architecture}: set model.name={theirs}")

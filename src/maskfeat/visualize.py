@@ -12,16 +12,18 @@ import os
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from maskfeat import builder
 from maskfeat import checkpoint as ckpt_io
-from maskfeat.config import Config, ConfigError, upgrade_saved_config
+from maskfeat.config import ConfigError
 from maskfeat.data import denormalize
+from maskfeat.loading import saved_pretrain_model
 from maskfeat.masking import get_mask_function
 from maskfeat.models.maskfeat import masked_mse, mean_target_mse, target_patch_size
 from maskfeat.tracking import baseline_note
+from maskfeat.weight_files import model_file
 
 log = logging.getLogger("maskfeat")
 
@@ -118,21 +120,21 @@ def _pretrained_model(cfg: DictConfig) -> tuple[torch.nn.Module, DictConfig, str
     """The pre-training model of ``model.checkpoint`` (default: the run's checkpoint-last.pt), in eval mode, with
     the config it was trained with and the checkpoint's path."""
     path = cfg.model.checkpoint or os.path.join(cfg.output_dir, ckpt_io.LAST)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError(f"no checkpoint to visualize: {path} does not exist (set model.checkpoint=...)")
+    path = model_file(path)
     if path.endswith(".safetensors"):
         raise ConfigError(
-            "visualize needs a pre-training checkpoint (checkpoint-*.pt): encoder.safetensors has no prediction head"
+            f"visualize needs a pre-training checkpoint (checkpoint-*.pt of maskfeat pretrain); {path} is not one"
         )
     state = ckpt_io.load_checkpoint(path, cfg.model.allow_pickle)
     if "classifier" in state or "config" not in state:
         what = f"a {state['classifier']} checkpoint" if "classifier" in state else "not a maskfeat checkpoint"
         raise ConfigError(f"visualize needs a pre-training checkpoint (from maskfeat pretrain); {path} is {what}")
-    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), upgrade_saved_config(state["config"]))
+    model, run_cfg = saved_pretrain_model(state["config"])
     builder.check_drawable(run_cfg, path)
     if run_cfg.target.name != "hog":
         raise ConfigError(f"visualize draws HOG targets; {path} was trained with target.name={run_cfg.target.name}")
-    model, _ = builder.build_pretrain_model(run_cfg)
     model.load_state_dict(state["model"])
     return model.eval(), run_cfg, path
 

@@ -21,6 +21,7 @@ _HOMES = {
     "encoder_patch_size": "maskfeat.models.vit",
     "create_encoder": "maskfeat.models.registry",
     "video_encoder_args": "maskfeat.models.registry",
+    "load_model": "maskfeat.loading",  # builds through maskfeat.builder: imported on first use only
 }
 
 __all__ = list(_HOMES)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from timm.layers import to_2tuple
-from timm.models import register_model
+from timm.models import load_pretrained, register_model
 from torch import nn
 
 __all__ = ["TimmHooks", "apply_token_mask", "pair", "register_sizes"]
@@ -68,8 +68,9 @@ def register_sizes(cls: type[nn.Module], sizes: dict[str, dict[str, Any]], modul
     ``cls(**{**sizes[name], **kwargs})``; each entrypoint also becomes the attribute ``name`` of ``module``.
 
     timm passes its factory options (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``) to every
-    entrypoint; ours have no hub weights, so only the overlay (e.g. the ``pretrained_cfg`` of an encoder.json) is
-    kept, as the model's ``pretrained_cfg``.
+    entrypoint; they become the model's ``pretrained_cfg`` (e.g. the ``pretrained_cfg`` of an encoder.json as the
+    overlay). Ours have no weights of their own: ``pretrained=True`` loads those of a ``maskfeat export --hub``
+    folder, ``timm.create_model("local-dir:FOLDER", pretrained=True)``.
     """
     for name, size in sizes.items():
         entrypoint = _entrypoint(cls, name, size)
@@ -80,13 +81,19 @@ def register_sizes(cls: type[nn.Module], sizes: dict[str, dict[str, Any]], modul
 
 def _entrypoint(cls: type[nn.Module], name: str, size: dict[str, Any]) -> Callable[..., nn.Module]:
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        if pretrained:
-            raise ValueError(f"maskfeat's {name} has no downloadable weights: load an encoder.safetensors instead")
-        for option in ("pretrained_cfg", "cache_dir"):
-            kwargs.pop(option, None)
+        cfg = kwargs.pop("pretrained_cfg", None)
+        cache_dir = kwargs.pop("cache_dir", None)
+        kwargs.pop("pretrained_model_args", None)  # timm's record of a folder's model_args: already in kwargs
+        cfg = dict(cfg) if isinstance(cfg, dict) else {}
+        if pretrained and cfg.get("source") not in ("local-dir", "hf-hub"):
+            raise ValueError(f"maskfeat's {name} has no downloadable weights: load an encoder.safetensors, or a "
+                             "folder of maskfeat export --hub with timm.create_model('local-dir:FOLDER')")  # fmt: skip
         overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
         model = cls(**{**size, **kwargs})
-        model.pretrained_cfg = {"architecture": name, **overlay}
+        model.pretrained_cfg = {**cfg, "architecture": name, **overlay}
+        if pretrained:  # the folder's (or Hub repository's) model.safetensors, by timm's own loader
+            load_pretrained(model, model.pretrained_cfg, num_classes=model.num_classes, strict=True,
+                            cache_dir=cache_dir)  # fmt: skip
         return model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name

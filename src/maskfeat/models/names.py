@@ -126,3 +126,12 @@ def _check_hog(target: Any, patch: int, image_size: int) -> None:
     if window:
         _require(image_size % window == 0,
                  f"data.image_size={image_size} is not divisible by target.gaussian_window={window}")  # fmt: skip
+
+
+def hub_task(name: str, num_classes: int) -> tuple[str, bool]:
+    """The Hugging Face pipeline tag of the encoder ``name`` (with ``num_classes`` outputs, 0 = features) and
+    whether timm builds it only once maskfeat's registry is imported (the video encoders are not timm's own)."""
+    video = is_video_architecture(name)
+    if video:
+        return "video-classification", True
+    return ("image-classification" if num_classes else "image-feature-extraction"), False
