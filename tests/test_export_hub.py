@@ -83,7 +83,7 @@ def test_converted_official_classifier_exports_to_a_folder_timm_loads(tmp_path, 
         logits = timm_alone(tmp_path / "hub", io["x"], tmp_path)
     else:  # a video encoder: timm builds it through maskfeat's registry (imported by this module)
         model = timm.create_model(f"local-dir:{tmp_path / 'hub'}", pretrained=True).eval()
-        assert "import maskfeat.models.registry" in (tmp_path / "hub" / "README.md").read_text()
+        assert "import maskfeat  #" in (tmp_path / "hub" / "README.md").read_text()
         with torch.no_grad():
             logits = model(io["x"])
     err = float((logits - io["logits"]).abs().max())
@@ -102,3 +102,13 @@ def test_video_vit_exports_to_a_folder_timm_loads(tmp_path):
         torch.testing.assert_close(model(x), encoder(x), rtol=0, atol=0)
     with pytest.raises(ValueError, match="no downloadable weights"):
         timm.create_model("vit_s", pretrained=True)
+
+
+@pytest.mark.parametrize("imports", ["import maskfeat, timm", "import timm, maskfeat"])
+def test_import_maskfeat_gives_timm_the_video_encoders_whichever_comes_first(imports):
+    code = (f"{imports}\n"
+            "m = timm.create_model('mvit_v2_s', pretrained=False, img_size=64, num_frames=4, num_classes=3)\n"
+            "print(type(m).__name__)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["MViTEncoder"]

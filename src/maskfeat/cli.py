@@ -59,15 +59,12 @@ def _parser() -> argparse.ArgumentParser:
             help="print every config key with its value and description (a YAML config file) and exit",
         )
         p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p = sub.add_parser(
-        "export",
+    p = _file_command(
+        sub, "export", "CHECKPOINT", "checkpoint-*.pt, encoder.safetensors or a folder of convert, export or a run",
         help="write encoder.safetensors + encoder.json (timm) from a checkpoint; --hub: a timm / Hub folder",
-        description="Write encoder.safetensors + encoder.json (loadable by timm.create_model) "
-        "from any maskfeat checkpoint.",
-    )
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint-*.pt, encoder.safetensors or a folder of "
-                   "convert, export or a run")  # fmt: skip
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into")
+        description="Write encoder.safetensors + encoder.json (loadable by timm.create_model) from any maskfeat "
+        "checkpoint.",
+    )  # fmt: skip
     p.add_argument(
         "--allow-pickle", action="store_true", help="read a checkpoint holding pickled objects (trusted files only)"
     )
@@ -79,20 +76,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--license", default="apache-2.0", help="--hub: the license the model card and config name "
                    "(default: apache-2.0)")  # fmt: skip
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
-    p = sub.add_parser(
-        "convert",
-        help="convert official MaskFeat (SlowFast .pyth), mmpretrain or torchvision MViTv2 weights",
-        description="Convert the weights of another implementation into a folder every command reads with "
-        "model.checkpoint=OUT_DIR: encoder.safetensors + encoder.json and, for pre-training checkpoints, "
-        "maskfeat.safetensors (encoder, [MASK] token, prediction head). The source is read with "
-        "torch.load(weights_only=True).",
-    )
-    p.add_argument("src", metavar="SRC", help="an official SlowFast .pyth, an mmpretrain MaskFeat ViT checkpoint "
-                   "or torchvision MViTv2 weights")  # fmt: skip
+    _file_command(sub, "convert", "SRC", "an official SlowFast .pyth, an mmpretrain MaskFeat ViT checkpoint or "
+                  "torchvision MViTv2 weights", help="convert official MaskFeat (SlowFast .pyth), mmpretrain or "
+                  "torchvision MViTv2 weights", description="Convert the weights of another implementation into a "
+                  "folder every command reads with model.checkpoint=OUT_DIR: encoder.safetensors + encoder.json and, "
+                  "for pre-training checkpoints, maskfeat.safetensors (encoder, [MASK] token, prediction head). The "
+                  "source is read with torch.load(weights_only=True).")  # fmt: skip
+    return parser
+
+
+def _file_command(sub, name: str, source: str, source_help: str, **kwargs) -> argparse.ArgumentParser:
+    """A command that reads one file (``source``) and writes a folder (OUT_DIR), with ``--debug``."""
+    p = sub.add_parser(name, **kwargs)
+    p.add_argument(source.lower(), metavar=source, help=source_help)
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write into")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
-    return parser
+    return p
 
 
 def _version() -> str:

@@ -1,6 +1,6 @@
 """``maskfeat export CHECKPOINT OUT_DIR --hub``: a folder that timm loads as it loads a Hugging Face Hub repository,
 
-    timm.create_model("local-dir:OUT_DIR", pretrained=True)   # video encoders: import maskfeat.models.registry first
+    timm.create_model("local-dir:OUT_DIR", pretrained=True)   # video encoders: import maskfeat first
 
 holding exactly ``config.json`` (timm's layout: ``architecture``, ``num_classes``, ``num_features``,
 ``model_args``, ``pretrained_cfg``), one weights file ``model.safetensors`` (timm's local-dir loader takes the
@@ -81,7 +81,7 @@ def model_card(config: dict[str, Any], provenance: dict[str, Any], name: str) ->
              f"A `{arch}` {what} with maskfeat (MaskFeat, Wei et al., CVPR 2022: masked feature prediction of HOG "
              "targets), in timm's layout.", "", "## Model Details", *_details(config, provenance), "",
              *_metrics_section(provenance.get("metrics")), "## Model Usage", "", "```python", "import timm",
-             *(["import maskfeat.models.registry  # adds maskfeat's video encoders to timm's registry"]
+             *(["import maskfeat  # adds maskfeat's video encoders to timm's registry"]
                if needs_registry else []),
              "", 'model = timm.create_model("local-dir:PATH_TO_THIS_FOLDER", pretrained=True).eval()',
              "data_config = timm.data.resolve_data_config({}, model=model)  # input size, mean, std, crop_pct",
