@@ -129,13 +129,17 @@ def encoder_args(cfg: DictConfig, use: str) -> dict:
 
     Image ViTs pool the average of the patch tokens: after a new norm (``fc_norm``) when fine-tuned (the
     MaskFeat/MAE recipe), after the pre-trained final norm otherwise (``fc_norm=False`` keeps the final norm where
-    it is: same weights and state_dict keys as timm's default). MViT pre-trains with a stride-16 output.
+    it is: same weights and state_dict keys as timm's default). MViT pre-trains with a stride-16 output and
+    classifies from the mean of its tokens, normalised after pooling (fine-tuning, the official head) or before
+    (linear probing).
     """
     m = cfg.model
     if is_video(cfg):
         sizes = {k: v for k, v in (("embed_dim", m.embed_dim), ("depth", m.depth), ("num_heads", m.num_heads)) if v}
-        if m.name.startswith("mvit"):
+        if m.name.startswith("mvit"):  # classify as the official MaskFeat MViT: mean of the tokens, then the norm
             sizes["pretrain"] = use == "pretrain"
+            if use != "pretrain":
+                sizes.update(global_pool="avg", fc_norm=use == "finetune")
         return video_encoder_args(m.name, img_size=cfg.data.image_size, num_frames=cfg.video.num_frames, **sizes)
     args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads, global_pool="avg")
     if use != "finetune":

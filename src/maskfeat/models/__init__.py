@@ -1,9 +1,9 @@
 """Encoders and the MaskFeat pre-training wrapper.
 
 The names below load on first use, so that ``maskfeat.models.names`` (the architecture tables the config checks)
-imports without torch. The video encoders join timm's registry when timm is imported after ``import maskfeat`` (see
-:mod:`maskfeat`), or with ``maskfeat.models.registry``; then ``timm.create_model("vit_b")`` /
-``timm.create_model("mvit_v2_s")`` build them.
+loads fast. The video encoders join timm's registry with ``import maskfeat`` (see :mod:`maskfeat`; the command line
+skips it) or ``maskfeat.models.registry``; then ``timm.create_model("vit_b")`` / ``timm.create_model("mvit_v2_s")``
+build them.
 """
 
 from __future__ import annotations

@@ -339,7 +339,9 @@ def load_pretrained_mvit(finetune_model: MViTEncoder, pretrain_state: dict[str, 
     Every pooling layer keeps its parameters (depthwise 3x3x3 conv + LayerNorm) whatever its stride and the skip
     max-pool has none, so all block weights carry over; relative position tables whose length changed (the last
     stage's, ``2 * max(q, kv) - 1`` of the pooled sizes; also any table after a change of clip size) are resampled
-    linearly along their length. The classifier is never taken from ``pretrain_state``.
+    linearly along their length. A model that pools the mean of the tokens and normalises after it (``fc_norm``,
+    the official MaskFeat fine-tuning head) takes the pre-trained final norm as that norm, as the official code
+    does. The classifier is never taken from ``pretrain_state``.
 
     Args:
         finetune_model: The model to load into (modified in place).
@@ -358,6 +360,8 @@ def load_pretrained_mvit(finetune_model: MViTEncoder, pretrain_state: dict[str, 
         unexpected += [k for k in state if not k.startswith("encoder.")]
         state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     own = finetune_model.state_dict()
+    if "fc_norm.weight" in own and "norm.weight" not in own:  # mean pooling: the final norm follows the pooling
+        state = {("fc_norm." + k[len("norm.") :] if k.startswith("norm.") else k): v for k, v in state.items()}
     to_load: dict[str, torch.Tensor] = {}
     resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     mismatched: list[str] = []
