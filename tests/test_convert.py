@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -310,3 +311,23 @@ def test_convert_command_answers_help_and_refuses_bad_files_in_one_line(tmp_path
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"maskfeat: error: cannot convert {src}") and why in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_official_recipe_configs_build_the_official_models():
+    """configs/pretrain/mvit_s_k400.yaml builds the official MViT-S pre-training model, parameter for parameter,
+    and its fine-tuning config the official classifier (400 classes: the count of the official FT yaml)."""
+    from maskfeat.builder import build_pretrain_model, encoder_args
+    from maskfeat.config import load_config
+    from maskfeat.models.registry import create_encoder
+
+    configs = Path(__file__).parents[1] / "configs"
+    pre = load_config("pretrain", str(configs / "pretrain" / "mvit_s_k400.yaml"), check_paths=False)
+    with torch.device("meta"):
+        model, meta = build_pretrain_model(pre)
+    assert meta["architecture"] == "mvit_v2_s" and n_params(model) == 36_253_356
+    ft = load_config("finetune", str(configs / "finetune" / "mvit_s_k400.yaml"), check_paths=False)
+    args = encoder_args(ft, "finetune")
+    assert (args["global_pool"], args["fc_norm"], args["pretrain"]) == ("avg", True, False)
+    with torch.device("meta"):
+        classifier = create_encoder("mvit_v2_s", args, num_classes=400)
+    assert n_params(classifier) == 36_475_120
