@@ -83,3 +83,38 @@ def test_finetune_then_evaluate_take_folders(tmp_path, labeled):
                   f"output_dir={tmp_path / 'ev'}")  # fmt: skip
     assert ev.returncode == 0, ev.stderr
     assert (tmp_path / "ev" / "metrics.jsonl").is_file()
+
+
+@needs_fixtures
+def test_pretrain_continues_at_another_size_with_the_positions_resampled(tmp_path, image_folder):
+    """The official ViT (112 px: 7x7 patches) continued at 160 px (10x10): pos_embed resampled, all else as converted;
+    resample_positions does the same for MViT's relative position tables and a video ViT's embeddings."""
+    conv = tmp_path / "converted"
+    assert maskfeat("convert", str(FIXTURES / "vit_image_pt.pyth"), str(conv)).returncode == 0
+    out = tmp_path / "bigger"
+    args = [a for a in FIXTURE_VIT if not a.startswith("data.image_size")] + ["data.image_size=160"]
+    r = maskfeat("pretrain", *args, f"data.path={image_folder}", f"model.checkpoint={conv}", f"output_dir={out}",
+                 "train.lr=1e-12", "train.min_lr=1e-12", "train.warmup_epochs=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "resampled to this run's input size: pos_embed" in r.stderr
+    start, end = load_file(conv / "maskfeat.safetensors"), torch.load(out / "checkpoint-last.pt", weights_only=True)
+    assert start["encoder.pos_embed"].shape == (1, 50, 48) and end["model"]["encoder.pos_embed"].shape == (1, 101, 48)
+    torch.testing.assert_close(end["model"]["encoder.pos_embed"][:, 0], start["encoder.pos_embed"][:, 0])  # class
+    torch.testing.assert_close(end["model"]["head.weight"], start["head.weight"], atol=1e-6, rtol=0)
+
+    import timm
+
+    from maskfeat.convert import convert
+    from maskfeat.models.resample import resample_positions
+
+    mvit = convert(str(FIXTURES / "mvit_video_pt.pyth"))
+    bigger = timm.create_model(mvit.encoder_meta["architecture"], **{**mvit.encoder_meta["model_args"],
+                                                                      "img_size": 128, "num_frames": 12})  # fmt: skip
+    state, resized = resample_positions(bigger, mvit.encoder_state)
+    assert resized and all(k.rsplit(".", 1)[-1] in ("rel_pos_h", "rel_pos_w", "rel_pos_t") for k in resized)
+    bigger.load_state_dict(state, strict=True)
+    vit = timm.create_model("vit_s", img_size=32, num_frames=4, depth=1, embed_dim=32, num_heads=2)
+    big = timm.create_model("vit_s", img_size=48, num_frames=8, depth=1, embed_dim=32, num_heads=2)
+    state, resized = resample_positions(big, vit.state_dict())
+    assert sorted(resized) == ["pos_embed_spatial", "pos_embed_temporal"]
+    big.load_state_dict(state, strict=True)

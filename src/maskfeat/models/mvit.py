@@ -44,12 +44,13 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 from torchvision.models.video.mvit import MSBlockConfig, MViT
 
 from maskfeat.models.layers import TimmHooks, apply_token_mask, pair, register_sizes
+from maskfeat.models.resample import REL_POS_NAMES as _REL_POS_NAMES
+from maskfeat.models.resample import resize_rel_pos
 
 __all__ = [
     "MVIT_SIZES",
@@ -74,7 +75,6 @@ POOL_KERNEL = (3, 3, 3)
 KV_STRIDE = (1, 8, 8)
 STAGE_Q_STRIDE = (1, 2, 2)
 # torchvision's names of the relative position tables of an attention layer.
-_REL_POS_NAMES = ("rel_pos_h", "rel_pos_w", "rel_pos_t")
 
 
 def mvit_block_settings(
@@ -327,12 +327,6 @@ class MViTLoadReport(NamedTuple):
     resized_keys: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
 
 
-def _resize_rel_pos(table: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear resampling of a relative position table (L, C) -> (length, C), as torchvision does at run time."""
-    t = table.detach().float().t()[None]  # (1, C, L)
-    return F.interpolate(t, size=length, mode="linear", align_corners=False)[0].t().to(table.dtype)
-
-
 def load_pretrained_mvit(finetune_model: MViTEncoder, pretrain_state: dict[str, torch.Tensor]) -> MViTLoadReport:
     """Loads the weights of a pre-training variant into a fine-tuning one (query pooling of the last stage restored).
 
@@ -373,7 +367,7 @@ def load_pretrained_mvit(finetune_model: MViTEncoder, pretrain_state: dict[str, 
         if v.shape != want:
             if k.rsplit(".", 1)[-1] in _REL_POS_NAMES and v.ndim == 2 and v.shape[1] == want[1]:
                 resized[k] = (tuple(v.shape), tuple(want))
-                v = _resize_rel_pos(v, want[0])
+                v = resize_rel_pos(v, want[0])
             else:
                 mismatched.append(f"{k}: {tuple(v.shape)} vs {tuple(want)}")
                 continue
