@@ -45,7 +45,8 @@ class DataConfig:
     val_path: str | None = None  # labeled folder for evaluation (finetune / linprobe / evaluate)
     image_size: int = 224  # side of the square training crop, pixels
     crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])  # RandomResizedCrop area range
-    hflip: float = 0.5  # horizontal flip probability
+    hflip: float | None = None  # horizontal flip probability; null = auto: 0.5, and 0 for Something-Something v2
+    # lists (classes defined by left and right)
     num_workers: int = -1  # data-loader worker processes; -1 = min(8, CPU cores)
     max_bad_fraction: float = 0.05  # stop once more than this fraction of the data set's files cannot be decoded
     # (each file counted once, over all processes)

@@ -38,7 +38,7 @@ def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
         len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
         f"data.crop_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {list(d.crop_scale)}",
     )
-    _require(0 <= d.hflip <= 1, f"data.hflip must be a probability in [0, 1], got {d.hflip}")
+    _require(d.hflip is None or 0 <= d.hflip <= 1, f"data.hflip must be a probability in [0, 1], got {d.hflip}")
     _require(0 <= d.max_bad_fraction <= 1, f"data.max_bad_fraction must be in [0, 1], got {d.max_bad_fraction}")
     if check_paths:  # only the paths this command reads (evaluate reads no training data)
         for key in PATHS_READ.get(command, ("path", "val_path")):

@@ -65,13 +65,13 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     device, rank, world_size = setup_run(cfg)
     tr = cfg.train
     train_folder, val_folder = builder.labeled_folders(cfg)
+    total_batch = builder.resolve(cfg, world_size, tr.batch_size * tr.accum_steps, train_folder)
     dataset = builder.train_dataset(cfg, train_folder, kind)
     sample = builder.sample_kind(cfg)
     per_batch = tr.batch_size // cfg.video.repeated_aug  # repeated augmentation: each video gives repeated_aug clips
     loader, sampler = make_loader(dataset, builder.label_collate(), per_batch, cfg.data.num_workers, cfg.seed,
                                   device, train=True, rank=rank, world_size=world_size)  # fmt: skip
     spe = steps_per_epoch(len(dataset), train_folder, per_batch, tr.accum_steps, world_size, sample.noun)
-    total_batch = builder.resolve(cfg, world_size, tr.batch_size * tr.accum_steps)
     torch.manual_seed(cfg.seed)
     model, meta = builder.new_classifier(cfg, kind, dataset.classes)
     optimizer, scheduler, train_model, sharded = place(cfg, model, kind, spe, device, rank, world_size)

@@ -42,6 +42,7 @@ def run_pretrain(cfg: DictConfig) -> dict:
     device, rank, world_size = setup_run(cfg)
     tr = cfg.train
     folder = builder.data_folder(cfg)
+    total_batch = builder.resolve(cfg, world_size, tr.batch_size * tr.accum_steps, folder)
     dataset = builder.pretrain_dataset(cfg, folder)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model, encoder_meta = builder.build_pretrain_model(cfg)
@@ -50,7 +51,6 @@ def run_pretrain(cfg: DictConfig) -> dict:
                                   cfg.seed, device, train=True, rank=rank, world_size=world_size)  # fmt: skip
     kind = builder.sample_kind(cfg)
     spe = steps_per_epoch(len(dataset), folder, tr.batch_size, tr.accum_steps, world_size, kind.noun)
-    total_batch = builder.resolve(cfg, world_size, tr.batch_size * tr.accum_steps)
     if cfg.model.checkpoint:
         _load_initial_weights(model, cfg, encoder_meta["architecture"])
     optimizer, scheduler, train_model, sharded = place(cfg, model, "pretrain", spe, device, rank, world_size)

@@ -17,6 +17,8 @@ from torch.utils.data import Dataset
 
 from maskfeat.errors import DataError
 
+from .ssv2 import is_ssv2_list, read_ssv2_list
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "VIDEO_EXTENSIONS",
@@ -247,6 +249,8 @@ def scan_video_source(path: str | os.PathLike[str]) -> Source:
       they are; -1 = unlabeled) or else class names (mapped to their index in the sorted set of names, returned as
       ``classes``). A line with only a path is unlabeled (-1). An optional header line (``path,label``), blank lines
       and ``#`` comments are skipped. Listed files that do not exist are skipped with a warning naming them.
+    - A Something-Something v2 list (``something-something-v2-train.json`` beside its labels file): see
+      :mod:`maskfeat.data.ssv2`.
     - A single video file: one unlabeled entry.
 
     Hidden files and folders (name starting with ``.``) are skipped; extensions are matched case-insensitively
@@ -269,6 +273,8 @@ def scan_video_source(path: str | os.PathLike[str]) -> Source:
         return scan_folder(root, VIDEO_EXTENSIONS, "video")
     if _has_extension(os.path.basename(root), VIDEO_EXTENSIONS):
         return [root], [-1], []
+    if is_ssv2_list(root):
+        return read_ssv2_list(root)
     return _read_video_list(root)
 
 
