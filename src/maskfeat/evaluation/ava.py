@@ -27,7 +27,8 @@ implementation of what it computes, with every one of its choices kept:
   ``x1 > x2`` or ``y1 > y2`` is an error (the official code raises when such a box is compared); zero-area ones
   count. No box is difficult or group-of: every ground-truth box counts once in the number of positives.
 * **Matching, per frame and class.** IoU is ``inter / (area_d + area_g - inter)``. Detections are taken in the order
-  their rows appear in the file (not by score: the official code does not sort them). Each takes the ground-truth
+  their rows appear in the file, not by score: SlowFast's code does not sort them (ActivityNet's script sorts each
+  frame's rows by descending score first; SlowFast writes a frame's rows box by box). Each takes the ground-truth
   box of highest IoU with it (the first in file order on ties); it is a true positive if that IoU is >= 0.5 and that
   box was not taken by an earlier detection, else a false positive. It does not fall back to another box: a
   detection whose best box is taken is a false positive even if it overlaps another free box by 0.5 or more.
