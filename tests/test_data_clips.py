@@ -51,3 +51,28 @@ def test_short_clip_lowers_the_stride_or_loops_with_a_warning(caplog: pytest.Log
         looped = decode_clip(path, 40, 4)
     assert np.array_equal(looped.numpy(), reference[np.arange(40) % 32])
     assert any(str(path) in m and "looping" in m for m in log_messages(caplog))
+
+
+def _reference_segments(n: int, num_frames: int, train_draw=None) -> list[int]:
+    """The formula of Something-Something v2 segment sampling, written out: segment i spans
+    round(i * (n - 1) / T) .. round((i + 1) * (n - 1) / T); evaluation takes its middle."""
+    size = (n - 1) / num_frames
+    out = []
+    for i in range(num_frames):
+        start, end = int(np.round(size * i)), int(np.round(size * (i + 1)))
+        out.append(train_draw(start, end) if train_draw else (start + end) // 2)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 5, 16, 17, 48, 97, 300])
+def test_segment_sampling_takes_one_frame_from_each_equal_segment(n):
+    from maskfeat.data.clips import segment_indices
+
+    assert segment_indices(n, 16, train=False).tolist() == _reference_segments(n, 16)
+    seen = np.zeros(n, dtype=bool)
+    for seed in range(200):
+        idx = segment_indices(n, 16, train=True, generator=torch.Generator().manual_seed(seed))
+        bounds = _reference_segments(n, 16, train_draw=lambda s, e: (s, e))
+        assert all(s <= i <= e for i, (s, e) in zip(idx.tolist(), bounds)) and (np.diff(idx) >= 0).all()
+        seen[idx] = True
+    assert seen.all()  # every frame can be drawn (uniform within the segments, ends included)

@@ -75,13 +75,14 @@ def test_something_something_folders_fine_tune_and_evaluate_end_to_end(tmp_path)
     out = tmp_path / "ft"
     r = maskfeat("finetune", *TINY_VIDEO, f"data.path={root / 'something-something-v2-train.json'}",
                  f"data.val_path={root / 'something-something-v2-validation.json'}", f"output_dir={out}",
-                 "train.epochs=1", "train.batch_size=2", "train.mixup=0", "train.cutmix=0")  # fmt: skip
+                 "train.epochs=1", "train.batch_size=2", "train.mixup=0", "train.cutmix=0", "video.sampling=segments",
+                 "video.num_crops=3")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "3 classes" in r.stderr
     assert load_config("finetune", str(out / "config.yaml"), check_paths=False).data.hflip == 0.0  # resolved
     assert [m for m in rows(out / "metrics.jsonl") if "top1" in m]
     r = maskfeat("evaluate", f"model.checkpoint={out / 'checkpoint-last.pt'}", "video.num_frames=4",
-                 "video.frame_stride=2", f"data.val_path={root / 'something-something-v2-validation.json'}",
+                 "video.sampling=segments", f"data.val_path={root / 'something-something-v2-validation.json'}",
                  f"output_dir={out}")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "top1" in rows(out / "eval-1" / "metrics.jsonl")[-1]

@@ -37,6 +37,7 @@ TargetName = StrEnum("TargetName", "hog pixel", module=__name__)
 Resume = StrEnum("Resume", "auto force", module=__name__)
 MaskType = StrEnum("MaskType", "auto block random cube tube frame", module=__name__)
 VideoBackend = StrEnum("VideoBackend", "pyav torchcodec auto", module=__name__)
+ClipSampling = StrEnum("ClipSampling", "stride segments", module=__name__)
 
 
 @dataclass
@@ -66,6 +67,8 @@ class VideoConfig:
     num_crops: int = 1  # evaluation: spatial crops per clip, 1 (centre) or 3
     repeated_aug: int = 1  # finetune: augmented clips per decoded video (repeated augmentation; the batch of
     # train.batch_size clips holds batch_size / repeated_aug videos)
+    sampling: ClipSampling = ClipSampling.stride  # stride: num_frames frames frame_stride apart (Kinetics) | segments:
+    # one frame from each of num_frames equal segments of the whole video (Something-Something v2; one temporal clip)
     backend: VideoBackend = VideoBackend.pyav  # decoding: pyav | torchcodec (optional install) | auto (torchcodec if
     # usable)
 

@@ -86,7 +86,8 @@ def labeled_folders(cfg: DictConfig, need_train: bool = True) -> tuple[str | Non
 
 def _video_dataset(cfg: DictConfig, folder: str, **kwargs) -> VideoDataset:
     v = cfg.video
-    return VideoDataset(folder, num_frames=v.num_frames, stride=v.frame_stride, backend=v.backend, **kwargs)
+    return VideoDataset(folder, num_frames=v.num_frames, stride=v.frame_stride, backend=v.backend,
+                        sampling=v.sampling, **kwargs)  # fmt: skip
 
 
 def _video_train_transform(cfg: DictConfig, augment: bool, folder: str) -> VideoTrainTransform:

@@ -16,7 +16,14 @@ import torch
 
 from .logs import warn_once
 
-__all__ = ["clip_indices", "fit_and_warn", "fit_clip_stride", "random_clip_start", "uniform_clip_starts"]
+__all__ = [
+    "clip_indices",
+    "fit_and_warn",
+    "fit_clip_stride",
+    "random_clip_start",
+    "segment_indices",
+    "uniform_clip_starts",
+]
 
 
 def _check_clip(num_video_frames: int, num_frames: int, stride: int) -> None:
@@ -94,6 +101,33 @@ def random_clip_start(
     """
     count = _num_starts(num_video_frames, num_frames, stride)
     return int(torch.randint(0, count, (1,), generator=generator).item())
+
+
+def segment_indices(num_video_frames: int, num_frames: int, train: bool,
+                    generator: torch.Generator | None = None) -> np.ndarray:  # fmt: skip
+    """Segment sampling (Something-Something v2, as the official implementation samples it): the video is cut into
+    ``num_frames`` equal segments, bounded at ``round(i * (n - 1) / num_frames)`` (NumPy's rounding, half to even),
+    and one frame is taken from each: uniformly within its bounds, both included, in training; the middle
+    (``(start + end) // 2``) in evaluation. The clip spans the whole video whatever its length; a video shorter than
+    ``num_frames`` repeats frames.
+
+    Args:
+        num_video_frames: frames in the video, ``>= 1``.
+        num_frames: frames per clip (segments).
+        train: draw within the segments (torch's RNG, or ``generator``) instead of taking their middles.
+        generator: torch generator (None: torch's global RNG).
+
+    Returns:
+        int64 array ``(num_frames,)``, non-decreasing, all in ``[0, n)``.
+    """
+    _check_clip(num_video_frames, num_frames, 1)
+    size = (num_video_frames - 1) / num_frames
+    bounds = np.round(size * np.arange(num_frames + 1)).astype(np.int64)
+    starts, ends = bounds[:-1], bounds[1:]
+    if not train:
+        return (starts + ends) // 2
+    offsets = torch.rand(num_frames, generator=generator, dtype=torch.float64).numpy()
+    return np.minimum(starts + np.floor(offsets * (ends - starts + 1)).astype(np.int64), ends)
 
 
 def uniform_clip_starts(num_video_frames: int, num_frames: int, stride: int, num_clips: int) -> list[int]:

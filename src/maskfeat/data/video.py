@@ -20,7 +20,7 @@ import av
 import numpy as np
 import torch
 
-from .clips import clip_indices, fit_and_warn, fit_clip_stride, random_clip_start, uniform_clip_starts
+from .clips import clip_indices, fit_and_warn, fit_clip_stride, random_clip_start, segment_indices, uniform_clip_starts
 from .decode import (
     DAMAGED_BELOW,
     VideoInfo,
@@ -51,6 +51,7 @@ __all__ = [
     "random_clip_start",
     "scan_video_source",
     "torchcodec_available",
+    "segment_indices",
     "uniform_clip_starts",
 ]
 
@@ -106,6 +107,9 @@ class VideoDataset(LabeledFiles):
         backend: "pyav" (default), "torchcodec" or "auto".
         threads: decoder threads per item (1 = single-threaded: loader workers already run in parallel).
         repeats: train mode: augmented clips per decoded clip (repeated augmentation, SlowFast's ``NUM_SAMPLE``).
+        sampling: "stride" (``num_frames`` frames ``stride`` apart, see above) or "segments" (one frame from each of
+            ``num_frames`` equal segments of the whole video, :func:`~maskfeat.data.clips.segment_indices`;
+            Something-Something v2; one temporal view).
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class VideoDataset(LabeledFiles):
         backend: str = "pyav",
         threads: int = 1,
         repeats: int = 1,
+        sampling: str = "stride",
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
@@ -137,6 +142,9 @@ class VideoDataset(LabeledFiles):
         if repeats < 1 or (repeats > 1 and mode != "train"):
             raise ValueError(f"repeats must be >= 1 and applies to mode='train' only, got {repeats} in {mode!r}")
         self.repeats = int(repeats)
+        if sampling not in ("stride", "segments") or (sampling == "segments" and num_clips != 1):
+            raise ValueError(f"sampling must be 'stride' or 'segments' (one temporal view), got {sampling!r}")
+        self.sampling = sampling
         check_backend(backend)
         if backend == "torchcodec" and not torchcodec_available():
             raise ValueError("video backend 'torchcodec' cannot decode here (not installed, or its FFmpeg libraries or "
@@ -166,6 +174,8 @@ class VideoDataset(LabeledFiles):
         if reason:
             raise DataError(reason)
         total = reader.info.num_frames
+        if self.sampling == "segments":
+            return reader.get_frames(segment_indices(total, self.num_frames, self.mode == "train"), strict=True)
         fit_and_warn(path, total, self.num_frames, self.stride)
         if self.mode == "train":
             starts = [random_clip_start(total, self.num_frames, self.stride)]

@@ -98,6 +98,9 @@ def _check_video(cfg: Any) -> None:
     _require(len(v.short_side) == 2 and 0 < v.short_side[0] <= v.short_side[1],
              f"video.short_side must be [lo, hi] with 0 < lo <= hi, got {list(v.short_side)}")  # fmt: skip
     _require(v.num_clips > 0 and v.num_crops in (1, 3), "video.num_clips must be >= 1 and video.num_crops 1 or 3")
+    _require(
+        v.sampling == "stride" or v.num_clips == 1, "video.sampling=segments takes the whole video: video.num_clips=1"
+    )
     frame = cfg.target.frame_index
     _require(0 <= frame < 2, f"target.frame_index must be 0 or 1 (2-frame patches), got {frame}")
     _require(m.patch_size is None, "model.patch_size is fixed for video models (2x16x16 tubelets)")
