@@ -1,0 +1,1 @@
+"""Evaluation metrics of the downstream tasks (AVA frame mAP: :mod:`maskfeat.evaluation.ava`)."""
