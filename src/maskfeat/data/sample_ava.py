@@ -113,11 +113,11 @@ def _rows(video_id: str, people: list, rng: np.random.Generator, predicted: bool
 
 def sample_ava_folder(root: str | None = None, split: str = "train", num_videos: int | None = None,
                       seed: int = 0) -> str:  # fmt: skip
-    """Builds (once) the generated AVA-format folder of ``split`` (train: 32 videos, val: 10, disjoint random
+    """Builds (once) the generated AVA-format folder of ``split`` (train: 128 videos, val: 24, disjoint random
     streams of ``seed``); returns its path (default ``<cache>/sample_ava_v1/{split}_n{num_videos}_seed{seed}``)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    n = num_videos or (32 if split == "train" else 10)
+    n = num_videos or (128 if split == "train" else 24)
     root = root or os.path.join(default_cache_dir(), f"sample_ava_v{_VERSION}", f"{split}_n{n}_seed{seed}")
     params = {"version": _VERSION, "kind": "ava", "split": split, "n": n, "seed": seed}
 
