@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import tempfile
-from functools import partial
 
 import torch
 from omegaconf import DictConfig
@@ -122,7 +121,8 @@ class DetectionEvaluation:
 
     def __init__(self, model: nn.Module, loader, folder: AvaFolder, device: torch.device,
                  dtype: torch.dtype | None, out: str) -> None:  # fmt: skip
-        self.model, self.loader, self.folder, self.device, self.dtype, self.out = model, loader, folder, device, dtype, out
+        self.model, self.loader, self.folder, self.out = model, loader, folder, out
+        self.device, self.dtype = device, dtype
         self.chance: float | None = None
 
     def __call__(self) -> dict[str, float]:

@@ -153,8 +153,8 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> t
     """Train ``job`` for ``train.epochs`` (or ``train.max_steps``), resuming from ``output_dir`` when it holds a
     checkpoint. Writes config.yaml, metrics.jsonl, tb/, checkpoint-last.pt (and numbered / best checkpoints).
 
-    Returns ``({"step", "loss", "best_<job.best_metric>", "output_dir", "seconds"}, state)``: ``state`` is the final model
-    state dict on rank 0 (gathered when sharded), None on the other ranks; the process group is down by then.
+    Returns ``({"step", "loss", "best_<job.best_metric>", "output_dir", "seconds"}, state)``: ``state`` is the final
+    model state dict on rank 0 (gathered when sharded), None on the other ranks; the process group is down by then.
     The caller writes the final weights from it.
     """
     tr, out = cfg.train, cfg.output_dir

@@ -63,8 +63,8 @@ class BoxClipTransform:
         frames = clip.permute(0, 3, 1, 2)  # (T, 3, H, W)
         height, width = frames.shape[-2:]
         top, left, box_h, box_w, flip = self._box(height, width)
-        out = F.resized_crop(frames, top, left, box_h, box_w, [self.size, self.size],
-                             interpolation=F.InterpolationMode.BILINEAR, antialias=True).as_subclass(torch.Tensor)  # fmt: skip
+        out = F.resized_crop(frames, top, left, box_h, box_w, [self.size, self.size], antialias=True)  # bilinear
+        out = out.as_subclass(torch.Tensor)
         b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) * torch.tensor([width, height] * 2)
         if self.train and self.box_jitter > 0:
             b = jitter_boxes(b, self.box_jitter)
@@ -124,7 +124,8 @@ class AvaDataset(torch.utils.data.Dataset):
                 raise
             except Exception as exc:  # one bad file must not stop a long run
                 path = self.videos[frame.video_id]
-                logger.warning("skipped unreadable video %s: %s", path, " ".join(str(exc).split()) or type(exc).__name__)
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                logger.warning("skipped unreadable video %s: %s", path, reason)
                 return {"unreadable": path}
             image, boxes = self.transform(clip, frame.boxes)
         return {"image": image, "boxes": boxes, "labels": self.labels(frame), "index": index, "seed": seed,

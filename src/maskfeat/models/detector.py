@@ -59,8 +59,10 @@ class ActionDetector(nn.Module):
 
     def pool(self, fmap: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """One feature vector per box: RoIAlign on ``fmap`` (B, C, H', W'), then the max over its bins: (K, C)."""
-        rois = roi_align(fmap, boxes.to(fmap.dtype), output_size=self.roi_size, spatial_scale=1.0 / self.stride,
-                         sampling_ratio=0, aligned=True)  # fmt: skip  (K, C, roi, roi)
+        scale = 1.0 / self.stride
+        rois = roi_align(
+            fmap, boxes.to(fmap.dtype), self.roi_size, scale, sampling_ratio=0, aligned=True
+        )  # (K, C, r, r)
         return rois.amax(dim=(2, 3))
 
     def forward(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
