@@ -43,8 +43,11 @@ def test_roi_head_pools_the_time_averaged_map_inside_each_box():
     boxes = torch.tensor([[0, 32, 16, 48, 32], [0, 0, 0, 16, 16], [1, 0, 0, 64, 64.0]])  # (batch index, x1 y1 x2 y2)
     pooled = det.pool(det.feature_map(torch.zeros(2, 3, 4, 64, 64)), boxes)
     assert pooled.shape == (3, 2)
-    assert pooled[0].tolist() == pytest.approx([2.0, 6.0])  # inside the cell: exactly its value (aligned centres)
-    assert pooled[1].tolist() == pytest.approx([0.0, 0.0])
+    # aligned RoIAlign: the box is x 1.5..2.5, y 0.5..1.5 in cell-centre coordinates, one sample at each of the 7 x 7
+    # bin centres; the middle sample is the cell's centre (the delta's value), the last the ramp's largest
+    last_x, last_y = 1.5 + 6.5 / 7, 0.5 + 6.5 / 7
+    assert pooled[0].tolist() == pytest.approx([2.0, 4 * last_y + last_x])
+    assert pooled[1].tolist() == pytest.approx([0.0, 5 * (-0.5 + 6.5 / 7)])  # cell (0, 0): the delta is not in it
     assert pooled[2, 1] == pytest.approx(15.0, abs=1e-5)  # the whole clip: the ramp's maximum
     logits = det(torch.zeros(2, 3, 4, 64, 64), boxes)
     assert logits.shape == (3, 3)
@@ -97,7 +100,7 @@ def test_ava_readers(tmp_path):
     assert exclusions == {("-5KQ66BBWC4", 903)}
     frames = read_keyframes(str(tmp_path / "gt.csv"), {1: "sit", 3: "walk"}, exclusions)
     assert [(k.video_id, k.timestamp) for k in frames] == [("-5KQ66BBWC4", 902), ("abc", 904)]
-    assert frames[0].boxes.tolist() == pytest.approx([[0.1, 0.2, 0.3, 0.4]]) and frames[0].actions == [[3, 1]]
+    assert frames[0].boxes[0].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.4]) and frames[0].actions == [[3, 1]]
     _write(tmp_path / "pred.csv", ["-5KQ66BBWC4,0902,0.1,0.2,0.3,0.4,,0.95", "-5KQ66BBWC4,0902,0.5,0.5,0.6,0.6,,0.5"])
     (pred,) = read_keyframes(str(tmp_path / "pred.csv"), score_threshold=0.8)
     assert pred.boxes.shape == (1, 4) and pred.scores.tolist() == pytest.approx([0.95])
