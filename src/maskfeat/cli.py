@@ -5,6 +5,7 @@
     maskfeat linprobe  -c CONFIG.yaml [key=value ...]
     maskfeat evaluate  -c CONFIG.yaml [key=value ...]
     maskfeat visualize -c CONFIG.yaml [key=value ...]
+    maskfeat detect    -c CONFIG.yaml [key=value ...]
     maskfeat export    CHECKPOINT OUT_DIR [--hub]
     maskfeat convert   SRC OUT_DIR
 
@@ -29,6 +30,7 @@ COMMANDS = {
     "linprobe": "linear probe: train a BatchNorm + linear head on the frozen encoder",
     "evaluate": "top-1/top-5 of a finetune or linprobe checkpoint on data.val_path",
     "visualize": "draw input, masked input, HOG target and predicted HOG for a pre-training checkpoint",
+    "detect": "fine-tune a video encoder for action detection on AVA-format data; evaluates frame mAP each epoch",
 }
 
 EPILOG = """overrides are dotted keys into the config, e.g. train.epochs=1 data.path=/data/train output_dir=runs/x.
@@ -130,6 +132,10 @@ def _run(args: argparse.Namespace) -> int:
         from maskfeat.visualize import run_visualize
 
         run_visualize(cfg)
+    elif args.command == "detect":
+        from maskfeat.detect import run_detect
+
+        run_detect(cfg)
     return 0
 
 

@@ -138,6 +138,14 @@ class TrainConfig:
 
 
 @dataclass
+class DetectConfig:
+    score_threshold: float = 0.8  # evaluation: detected person boxes scoring below this are not evaluated
+    box_jitter: float = 0.0  # training: each ground-truth box edge moved by up to this fraction of the box's size
+    roi_size: int = 7  # RoIAlign output side per box (max-pooled after)
+    dropout: float = 0.5  # before the box head's linear layer
+
+
+@dataclass
 class VisualizeConfig:
     num_images: int = 8  # images drawn by `maskfeat visualize`
 
@@ -150,6 +158,7 @@ class Config:
     target: TargetConfig = field(default_factory=TargetConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)  # action detection (maskfeat detect)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     output_dir: str = "runs/maskfeat"  # where config.yaml, metrics.jsonl, checkpoints and weights go
     seed: int = 0  # makes a CPU run bit-for-bit repeatable
@@ -171,12 +180,18 @@ _LINPROBE = {  # the MAE linear-probing recipe: frozen encoder, BatchNorm (no af
     "train": {"epochs": 90, "warmup_epochs": 10, "batch_size": 256, "blr": 0.1, "optimizer": "lars",
               "weight_decay": 0.0, "clip_grad": None, "checkpoint_every": 0},
 }  # fmt: skip
+_DETECT = {  # an MViT-S detector on AVA-format data; configs/detect/*.yaml hold the official recipes
+    "output_dir": "runs/detect",
+    "model": {"name": "mvit_v2_s", "drop_path": 0.1},
+    "train": {"epochs": 30, "warmup_epochs": 5, "batch_size": 8, "clip_grad": None, "checkpoint_every": 0},
+}  # fmt: skip
 COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "pretrain": {"output_dir": "runs/pretrain"},
     "finetune": _FINETUNE,
     "linprobe": _LINPROBE,
     "evaluate": {"output_dir": "runs/evaluate"},
     "visualize": {"output_dir": "runs/visualize", "data": {"num_workers": 0}},
+    "detect": _DETECT,
 }
 
 

@@ -21,6 +21,7 @@ PATHS_READ = {
     "finetune": ("path", "val_path"),
     "linprobe": ("path", "val_path"),
     "evaluate": ("val_path",),
+    "detect": ("path", "val_path"),
 }
 
 
@@ -79,6 +80,10 @@ def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
         tr.checkpoint_every >= 0 and tr.max_steps >= 0 and tr.keep_checkpoints >= 0,
         "train.checkpoint_every, train.max_steps and train.keep_checkpoints must be >= 0",
     )
+    det = cfg.detect
+    _require(0 <= det.score_threshold <= 1, f"detect.score_threshold must be in [0, 1], got {det.score_threshold}")
+    _require(det.box_jitter >= 0 and det.roi_size > 0 and 0 <= det.dropout < 1,
+             "detect.box_jitter must be >= 0, detect.roi_size positive and detect.dropout in [0, 1)")  # fmt: skip
     dev = str(cfg.device)
     _require(
         dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),

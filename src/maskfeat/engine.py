@@ -38,6 +38,7 @@ class Job:
     total_steps: int
     extra: dict = field(default_factory=dict)  # saved in every checkpoint (e.g. the encoder's architecture)
     evaluate: Callable[[], dict] | None = None  # returns {"top1", "top5", ...}; called after each epoch
+    best_metric: str = "top1"  # the key of ``evaluate``'s result that checkpoint-best.pt maximises (detect: mAP)
     train_model: nn.Module | None = None
     sharded: bool = False  # the model is sharded with FSDP (see distributed.shard_model)
     sample: str = "img"  # what one sample is, for the console's rate: img (images/s) or clips (clips/s)

@@ -153,8 +153,8 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> t
     """Train ``job`` for ``train.epochs`` (or ``train.max_steps``), resuming from ``output_dir`` when it holds a
     checkpoint. Writes config.yaml, metrics.jsonl, tb/, checkpoint-last.pt (and numbered / best checkpoints).
 
-    Returns ``({"step", "loss", "best_top1", "output_dir", "seconds"}, state)``: ``state`` is the final model
-    state dict on rank 0 (gathered when sharded), None on the other ranks; the process group is down by then.
+    Returns ``({"step", "loss", "best_<job.best_metric>", "output_dir", "seconds"}, state)``: ``state`` is the final
+    model state dict on rank 0 (gathered when sharded), None on the other ranks; the process group is down by then.
     The caller writes the final weights from it.
     """
     tr, out = cfg.train, cfg.output_dir
@@ -188,7 +188,7 @@ def fit(cfg: DictConfig, job: Job, device: torch.device, summary_line: str) -> t
     summary = {
         "step": step,
         "loss": run.stats.last_row.get("loss"),
-        "best_top1": run.best["top1"] if job.evaluate is not None else None,
+        f"best_{job.best_metric}": run.best.get(job.best_metric) if job.evaluate is not None else None,
         "output_dir": out,
         "seconds": time.perf_counter() - t0,
     }
@@ -238,7 +238,8 @@ def _evaluate(run: _Run, step: int) -> None:
     run.run_log.write({"step": step, "epoch": epoch, **metrics}, prefix="val")
     if is_main_process():
         log.info(f"epoch {epoch} step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
-    if metrics["top1"] > run.best["top1"]:
+    key = run.job.best_metric
+    if metrics[key] > run.best.get(key, float("-inf")):
         run.best = dict(metrics)
         _save(run, step, "checkpoint-best.pt", numbered=False)
 

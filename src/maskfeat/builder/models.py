@@ -24,13 +24,13 @@ log = logging.getLogger("maskfeat")
 
 
 def encoder_args(cfg: DictConfig, use: str) -> dict:
-    """The JSON-able architecture arguments of ``model.name`` for ``use`` (pretrain, finetune or linprobe).
+    """The JSON-able architecture arguments of ``model.name`` for ``use`` (pretrain, finetune, linprobe or detect).
 
     Image ViTs pool the average of the patch tokens: after a new norm (``fc_norm``) when fine-tuned (the
     MaskFeat/MAE recipe), after the pre-trained final norm otherwise (``fc_norm=False`` keeps the final norm where
     it is: same weights and state_dict keys as timm's default). MViT pre-trains with a stride-16 output and
     classifies from the mean of its tokens, normalised after pooling (fine-tuning, the official head) or before
-    (linear probing).
+    (linear probing, and detect: its box head pools the final-norm tokens, as the official MViT detector).
     """
     m = cfg.model
     if is_video(cfg):

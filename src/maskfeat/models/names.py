@@ -72,6 +72,8 @@ def check_model_settings(cfg: Any, command: str) -> None:
     names = all_architectures()
     _require(m.name in names, f"model.name '{m.name}' is not a known architecture; choose one of {', '.join(names)}")
     video = is_video_architecture(m.name)
+    _require(video or command != "detect", f"detect needs a video encoder (model.name: one of "
+             f"{', '.join(VIDEO_ARCHITECTURES)}), got '{m.name}'")  # fmt: skip
     if video:
         _check_video(cfg)
     v = cfg.video

@@ -1,0 +1,153 @@
+"""AVA clips: per keyframe a clip centred on it, decoded from its video, with its boxes moved as the frames are.
+
+Training (:class:`BoxClipTransform` with ``train=True``): the official AVA recipe, short-side jitter then a random
+square crop, and a horizontal flip; the boxes are cropped, scaled and flipped with the frames (and optionally
+jittered first). Evaluation: short side to the crop size and the centre square. Boxes come out in pixels of the
+crop, clipped to it; their original [0, 1] coordinates travel with them, for the detections file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from .ava import Keyframe
+from .clips import clip_indices
+from .decode import open_reader
+from .logs import logger
+from .sampler import seeded_rngs
+from .video_transforms import VideoTrainTransform
+
+__all__ = ["AvaDataset", "BoxClipTransform", "collate_detections", "flip_boxes"]
+
+
+def flip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
+    """Boxes (K, 4) ``x1, y1, x2, y2`` of a frame ``width`` pixels wide, mirrored left-right."""
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+def jitter_boxes(boxes: torch.Tensor, amount: float) -> torch.Tensor:
+    """Each edge of each box (K, 4) moved by up to ``amount`` x the box's width (x) or height (y), uniformly."""
+    size = torch.cat([boxes[:, 2:] - boxes[:, :2]] * 2, dim=1)
+    return boxes + (torch.rand_like(boxes) * 2 - 1) * amount * size
+
+
+class BoxClipTransform:
+    """A uint8 clip (T, H, W, 3) and its boxes (K, 4) in [0, 1] -> float (3, T, S, S) normalised, boxes (K, 4) in
+    pixels of the S x S crop, clipped to it. Draws from torch's global RNG (seeded per sample by the data set).
+
+    Args:
+        crop_size: S.
+        train: short-side jitter in ``short_side`` + random crop + flip (``hflip``); else short side S, centre crop.
+        box_jitter: training: edges moved by up to this fraction of the box's size before the crop (0 = off).
+    """
+
+    def __init__(self, crop_size: int, train: bool, short_side: tuple[int, int] = (256, 320), hflip: float = 0.5,
+                 box_jitter: float = 0.0) -> None:  # fmt: skip
+        size = int(crop_size)
+        # scale=None: a plain S x S crop of the jittered frame (SlowFast's AVA recipe), drawn as Kinetics draws it
+        self.params = VideoTrainTransform(size, short_side=short_side if train else (size, size), scale=None,
+                                          hflip=hflip if train else 0.0)  # fmt: skip
+        self.size, self.train, self.box_jitter = size, train, float(box_jitter)
+
+    def _box(self, height: int, width: int) -> tuple[int, int, int, int, bool]:
+        if self.train:
+            return self.params.get_params(height, width)
+        side = min(height, width)  # the centre square: resized to S, it is the centre crop of the short side at S
+        return (height - side) // 2, (width - side) // 2, side, side, False
+
+    def __call__(self, clip: torch.Tensor, boxes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        frames = clip.permute(0, 3, 1, 2)  # (T, 3, H, W)
+        height, width = frames.shape[-2:]
+        top, left, box_h, box_w, flip = self._box(height, width)
+        out = F.resized_crop(frames, top, left, box_h, box_w, [self.size, self.size], antialias=True)  # bilinear
+        out = out.as_subclass(torch.Tensor)
+        b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4) * torch.tensor([width, height] * 2)
+        if self.train and self.box_jitter > 0:
+            b = jitter_boxes(b, self.box_jitter)
+        b = (b - torch.tensor([left, top] * 2)) * torch.tensor([self.size / box_w, self.size / box_h] * 2)
+        b = b.clamp(0, self.size)
+        if flip:
+            out, b = out.flip(-1), flip_boxes(b, self.size)
+        return self.params.normalize(out), b
+
+
+class AvaDataset(torch.utils.data.Dataset):
+    """One item per keyframe: a clip of ``num_frames`` frames ``stride`` apart centred on it, and its boxes.
+
+    ``dataset[(index, seed)]`` (keys of :class:`~maskfeat.data.sampler.SeededSampler`): ``{"image": (3, T, S, S),
+    "boxes": (K, 4) crop pixels, "labels": float (K, num_classes) multi-hot over ``classes``, "norm_boxes": (K, 4)
+    the original [0, 1] boxes, "index": keyframe index, "seed"}``; an unreadable video gives ``{"unreadable": path}``.
+
+    Args:
+        keyframes: from :meth:`maskfeat.data.ava.AvaFolder.keyframes`.
+        videos: ``{video_id: path}``.
+        classes: the label map's action ids, in output order.
+        transform: a :class:`BoxClipTransform`.
+    """
+
+    def __init__(self, keyframes: list[Keyframe], videos: dict[str, str], classes: list[int], num_frames: int,
+                 stride: int, transform: BoxClipTransform, backend: str = "pyav") -> None:  # fmt: skip
+        self.keyframes, self.videos = keyframes, videos
+        self.classes = list(classes)
+        self.column = {c: i for i, c in enumerate(self.classes)}
+        self.num_frames, self.stride, self.transform, self.backend = int(num_frames), int(stride), transform, backend
+
+    def __len__(self) -> int:
+        return len(self.keyframes)
+
+    def clip(self, index: int) -> torch.Tensor:
+        """The uint8 clip (T, H, W, 3) centred on keyframe ``index`` (clamped inside the video, stride fitted)."""
+        frame = self.keyframes[index]
+        reader = open_reader(self.videos[frame.video_id], self.backend)
+        total = reader.info.num_frames
+        centre = reader.ordinal_at(float(frame.timestamp))
+        start = centre - (self.num_frames // 2) * self.stride
+        return reader.get_frames(clip_indices(total, self.num_frames, self.stride, start), strict=True)
+
+    def labels(self, frame: Keyframe) -> torch.Tensor:
+        out = torch.zeros(len(frame.boxes), len(self.classes))
+        for k, actions in enumerate(frame.actions):
+            out[k, [self.column[a] for a in actions if a in self.column]] = 1.0
+        return out
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        index, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), int(key))
+        frame = self.keyframes[index]
+        with seeded_rngs(seed):
+            try:
+                clip = self.clip(index)
+            except MemoryError:
+                raise
+            except Exception as exc:  # one bad file must not stop a long run
+                path = self.videos[frame.video_id]
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                logger.warning("skipped unreadable video %s: %s", path, reason)
+                return {"unreadable": path}
+            image, boxes = self.transform(clip, frame.boxes)
+        return {"image": image, "boxes": boxes, "labels": self.labels(frame), "index": index, "seed": seed,
+                "norm_boxes": torch.as_tensor(frame.boxes, dtype=torch.float32).reshape(-1, 4)}  # fmt: skip
+
+
+def collate_detections(batch: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Clips with any number of boxes each: ``{"images": (B, 3, T, S, S), "boxes": (K, 5) rows (batch index, x1, y1,
+    x2, y2), "labels": (K, C), "norm_boxes": (K, 4), "index": int64 (K,) keyframe of each box, "num_bad",
+    "bad_files"}``; images None when every item was unreadable."""
+    items = [item for item in batch if item is not None and "image" in item]
+    bad = [item["unreadable"] for item in batch if item is not None and "unreadable" in item]
+    out: dict[str, Any] = {"num_bad": len(batch) - len(items), "bad_files": bad}
+    if not items:
+        return {**out, "images": None, "boxes": None, "labels": None}
+    counts = [len(item["boxes"]) for item in items]
+    batch_index = torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)).float()
+    out.update(
+        images=torch.stack([item["image"] for item in items]),
+        boxes=torch.cat([batch_index[:, None], torch.cat([item["boxes"] for item in items])], dim=1),
+        labels=torch.cat([item["labels"] for item in items]),
+        norm_boxes=torch.cat([item["norm_boxes"] for item in items]),
+        index=torch.repeat_interleave(torch.tensor([item["index"] for item in items]), torch.tensor(counts)),
+    )
+    return out
