@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo demo-video test lint bench clean
+.PHONY: install demo demo-video demo-detect test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ demo-video: install
 	@echo "a clip shows (6 classes, chance 16.7%, 24 validation clips): 72 training clips and 8 epochs are too few for"
 	@echo "either model to learn it, and both end near chance; bench/video_motion.py compares them with 1,200 clips."
 	$(PY) bench/compare_runs.py --pretrain $(DEMO_DIR)/video_pretrain $(DEMO_DIR)/video_finetune $(DEMO_DIR)/video_scratch
+
+demo-detect: install
+	$(PY) -m maskfeat detect -c configs/detect/demo.yaml output_dir=$(DEMO_DIR)/detect
+	@echo "What the detection demo shows: maskfeat detect end to end on a generated AVA-format set (boxes moving through"
+	@echo "real photos, 6 actions): its frame mAP (the official AVA metric) against random scores on the same boxes."
 
 test: install
 	$(PY) -m pytest -q
