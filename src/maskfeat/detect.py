@@ -75,8 +75,8 @@ def new_detector(cfg: DictConfig, classes: list[int], names: list[str]) -> tuple
 
 
 def _dataset(cfg: DictConfig, folder: AvaFolder, classes: list[int], train: bool) -> AvaDataset:
-    v, d = cfg.video, cfg.data
-    transform = BoxClipTransform(d.image_size, train, short_side=tuple(v.short_side), hflip=d.hflip,
+    v, flip = cfg.video, builder.hflip(cfg, folder.root)
+    transform = BoxClipTransform(cfg.data.image_size, train, short_side=tuple(v.short_side), hflip=flip,
                                  box_jitter=cfg.detect.box_jitter)  # fmt: skip
     frames = folder.keyframes(predicted=not train, score_threshold=cfg.detect.score_threshold)
     if not frames:
