@@ -1,4 +1,4 @@
-"""maskfeat.models.load_model (SPEC section 5): converted official checkpoints reproduce the official outputs; a
+"""maskfeat.models.load_model: converted official checkpoints reproduce the official outputs; a
 run's folder gives the run's own model."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ _WHAT = "the model its metadata names"
 
 
 def load_model(path: str, allow_pickle: bool = False) -> nn.Module:
-    """The model at ``path``, its weights loaded strictly, on the CPU, in eval mode (SPEC section 5).
+    """The model at ``path``, its weights loaded strictly, on the CPU, in eval mode.
 
     - The pre-training model where it is there (``maskfeat.safetensors``, or a checkpoint of ``maskfeat
       pretrain``): ``model(x, mask) -> (loss, pred, target)``, ``x`` normalised (B, C, H, W) or (B, C, T, H, W),

@@ -1,5 +1,5 @@
 """Weights from other implementations: official SlowFast MaskFeat checkpoints (``.pyth``), mmpretrain's MaskFeat
-ViT, torchvision's MViTv2-S, converted to maskfeat's encoders and MaskFeat model (SPEC section 5).
+ViT, torchvision's MViTv2-S, converted to maskfeat's encoders and MaskFeat model (README: "Use the official models").
 
     result = convert("k400_MVIT_S_MaskFeat_PT_epoch_00300.pyth")  # (encoder_state, encoder_meta, pretrain_state)
     model = build_converted(*result)        # the MaskFeat model (pre-training sources) or the encoder, eval mode

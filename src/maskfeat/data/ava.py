@@ -1,6 +1,6 @@
 """The AVA v2.2 files: label map, ground-truth and predicted-box CSVs, excluded timestamps, and a folder of them.
 
-A folder holds, at its top level, the files as the AVA release names them (SPEC section 6):
+A folder holds, at its top level, the files as the AVA release names them:
 ``ava_{train,val}_v2.2.csv`` (ground truth: ``video_id, timestamp, x1, y1, x2, y2, action_id, person_id``,
 coordinates in [0, 1], timestamp in seconds from the start of the video file), the label map
 ``ava_action_list_v2.2_for_activitynet_2019.pbtxt`` (``item { name: "..." id: N }``), optionally

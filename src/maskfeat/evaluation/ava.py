@@ -1,4 +1,4 @@
-"""AVA v2.2 frame-level mean average precision, as the official AVA evaluation code computes it (SPEC section 6).
+"""AVA v2.2 frame-level mean average precision, as the official AVA evaluation code computes it.
 
     result = frame_map("ava_val_v2.2.csv", "detections.csv", "ava_action_list_v2.2_for_activitynet_2019.pbtxt",
                        "ava_val_excluded_timestamps_v2.2.csv")
