@@ -49,3 +49,18 @@ def labeled(tmp_path_factory) -> Path:
         for c in range(3):
             write_images(root / split / f"class{c}", n, seed=100 * c + (split == "val"))
     return root
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> Path:
+    """The folder of a finished tiny ``maskfeat pretrain`` run (one epoch on 24 images): config.yaml,
+    checkpoint-last.pt, encoder.safetensors + encoder.json. Shared by the tests that only read it."""
+    from test_cli import TINY, maskfeat
+
+    images = tmp_path_factory.mktemp("pretrain_images")
+    write_images(images, 24)
+    out = tmp_path_factory.mktemp("pre") / "run"
+    r = maskfeat("pretrain", *TINY, f"data.path={images}", f"output_dir={out}", "train.epochs=1",
+                 "data.num_workers=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return out

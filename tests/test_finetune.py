@@ -19,15 +19,6 @@ from maskfeat.data.sampler import label_subset
 from maskfeat.models import create_encoder, encoder_model_args
 
 
-@pytest.fixture(scope="module")
-def pretrained(labeled, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pre") / "run"
-    r = maskfeat("pretrain", *TINY, f"data.path={labeled / 'train'}", f"output_dir={out}", "train.epochs=1",
-                 "data.num_workers=0")  # fmt: skip
-    assert r.returncode == 0, r.stderr
-    return out
-
-
 def test_finetune_evaluates_each_epoch_keeps_the_best_and_exports_a_timm_classifier(labeled, pretrained, tmp_path):
     out = tmp_path / "ft"
     r = maskfeat("finetune", *TINY, f"data.path={labeled / 'train'}", f"data.val_path={labeled / 'val'}",

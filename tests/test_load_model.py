@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from test_cli import TINY, maskfeat
+from test_cli import maskfeat
 from test_convert import FINETUNE, FIXTURES, PRETRAIN, assert_close_to, needs_fixtures
 
 from maskfeat.builder import build_pretrain_model
@@ -53,11 +53,8 @@ def test_load_model_of_a_converted_pretraining_encoder_gives_pooled_features(tmp
     torch.testing.assert_close(features, tokens[:, 1:].mean(1))
 
 
-def test_load_model_of_a_pretrain_run_is_the_runs_model(tmp_path, image_folder):
-    out = tmp_path / "run"
-    r = maskfeat("pretrain", *TINY, f"data.path={image_folder}", f"output_dir={out}", "train.epochs=1",
-                 "data.num_workers=0")  # fmt: skip
-    assert r.returncode == 0, r.stderr
+def test_load_model_of_a_pretrain_run_is_the_runs_model(pretrained):
+    out = pretrained
     ckpt = torch.load(out / "checkpoint-last.pt", weights_only=True)
     ours, _ = build_pretrain_model(OmegaConf.merge(OmegaConf.structured(Config), ckpt["config"]))
     ours.load_state_dict(ckpt["model"])

@@ -136,11 +136,8 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_fills(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-last.pt"]  # no temporary file left behind
 
 
-def test_pickled_checkpoints_need_an_explicit_flag(tmp_path, image_folder):
-    pre = tmp_path / "pre"
-    r = maskfeat("pretrain", *TINY, f"data.path={image_folder}", f"output_dir={pre}", "train.epochs=1",
-                 "data.num_workers=0")  # fmt: skip
-    assert r.returncode == 0, r.stderr
+def test_pickled_checkpoints_need_an_explicit_flag(tmp_path, image_folder, pretrained):
+    pre = pretrained
     ckpt = torch.load(pre / "checkpoint-last.pt", weights_only=True)
     ckpt["note"] = argparse.Namespace(origin="elsewhere")  # an arbitrary pickled object
     unsafe = tmp_path / "unsafe.pt"

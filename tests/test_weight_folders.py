@@ -42,15 +42,20 @@ def test_config_accepts_a_folder_with_weights_and_refuses_one_without(tmp_path):
         load_config("finetune", None, [f"model.checkpoint={tmp_path / 'empty'}"])
 
 
+def _continue_official_vit(conv, out, image_folder, args: list[str]):
+    """Convert the official ViT fixture into ``conv``, then pre-train from it into ``out`` with a learning rate of
+    1e-12 (after the steps, every weight is still the converted one, to 1e-6)."""
+    assert maskfeat("convert", str(FIXTURES / "vit_image_pt.pyth"), str(conv)).returncode == 0
+    r = maskfeat("pretrain", *args, f"data.path={image_folder}", f"model.checkpoint={conv}", f"output_dir={out}",
+                 "train.lr=1e-12", "train.min_lr=1e-12", "train.warmup_epochs=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 @needs_fixtures
 def test_pretrain_continues_from_a_converted_folder_with_the_whole_model(tmp_path, image_folder):
-    conv = tmp_path / "converted"
-    assert maskfeat("convert", str(FIXTURES / "vit_image_pt.pyth"), str(conv)).returncode == 0
-    out = tmp_path / "continued"
-    # a learning rate of 1e-12: after the steps, every weight is still the converted one (to 1e-6)
-    r = maskfeat("pretrain", *FIXTURE_VIT, f"data.path={image_folder}", f"model.checkpoint={conv}",
-                 f"output_dir={out}", "train.lr=1e-12", "train.min_lr=1e-12", "train.warmup_epochs=0")  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    conv, out = tmp_path / "converted", tmp_path / "continued"
+    r = _continue_official_vit(conv, out, image_folder, FIXTURE_VIT)
     assert f"continuing pre-training from {conv / 'maskfeat.safetensors'}" in r.stderr
     start = load_file(conv / "maskfeat.safetensors")
     end = torch.load(out / "checkpoint-last.pt", weights_only=True)["model"]
@@ -89,13 +94,9 @@ def test_finetune_then_evaluate_take_folders(tmp_path, labeled):
 def test_pretrain_continues_at_another_size_with_the_positions_resampled(tmp_path, image_folder):
     """The official ViT (112 px: 7x7 patches) continued at 160 px (10x10): pos_embed resampled, all else as converted;
     resample_positions does the same for MViT's relative position tables and a video ViT's embeddings."""
-    conv = tmp_path / "converted"
-    assert maskfeat("convert", str(FIXTURES / "vit_image_pt.pyth"), str(conv)).returncode == 0
-    out = tmp_path / "bigger"
+    conv, out = tmp_path / "converted", tmp_path / "bigger"
     args = [a for a in FIXTURE_VIT if not a.startswith("data.image_size")] + ["data.image_size=160"]
-    r = maskfeat("pretrain", *args, f"data.path={image_folder}", f"model.checkpoint={conv}", f"output_dir={out}",
-                 "train.lr=1e-12", "train.min_lr=1e-12", "train.warmup_epochs=0")  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    r = _continue_official_vit(conv, out, image_folder, args)
     assert "resampled to this run's input size: pos_embed" in r.stderr
     start, end = load_file(conv / "maskfeat.safetensors"), torch.load(out / "checkpoint-last.pt", weights_only=True)
     assert start["encoder.pos_embed"].shape == (1, 50, 48) and end["model"]["encoder.pos_embed"].shape == (1, 101, 48)

@@ -331,6 +331,14 @@ def read_pretrain_model(path: str, allow_pickle: bool = False) -> tuple[dict, di
     return ckpt["model"], dict(ckpt.get("encoder", {})), dict(config.get("target", {}))
 
 
+def state_mismatches(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """The names by which ``state`` does not fit ``module`` key for key and shape for shape: the missing and extra
+    names, else the misshapen ones (empty when it fits). ``module`` may live on the meta device."""
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    return sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+
+
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], path: str, what: str) -> None:
     """``module.load_state_dict(state, strict=True)``; a mismatch is one line: ``{path} does not fit {what}: ...``
     with the first missing, unexpected or misshapen weights."""

@@ -50,9 +50,8 @@ def write_hub_folder(out_dir: str, state: dict[str, torch.Tensor], meta: dict[st
     args = dict(meta["model_args"])
     with torch.device("meta"):
         model = create_encoder(meta["architecture"], args, num_classes=int(args.pop("num_classes", 0)))
-    want, have = ({k: tuple(v.shape) for k, v in s.items()} for s in (model.state_dict(), state))
-    if want != have:
-        diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+    diff = ckpt_io.state_mismatches(model, state)
+    if diff:
         raise ValueError(f"the weights do not fit {meta['architecture']} as its model_args build it: {diff[:4]}")
     config = hub_config(meta, model.num_features, license)
     os.makedirs(out_dir, exist_ok=True)

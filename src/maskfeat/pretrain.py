@@ -19,7 +19,6 @@ from maskfeat.distributed import setup_run
 from maskfeat.engine import Job
 from maskfeat.errors import ConfigError
 from maskfeat.models.maskfeat import MaskFeat, mean_target_mse
-from maskfeat.models.resample import resample_positions
 from maskfeat.runner import describe_run, fit, place, steps_per_epoch
 from maskfeat.tracking import count_str
 
@@ -87,7 +86,7 @@ def _load_initial_weights(model: MaskFeat, cfg: DictConfig, architecture: str) -
     if whole is None:
         state, meta = ckpt_io.read_encoder(path, cfg.model.allow_pickle)
         _check_architecture(path, meta, architecture)
-        ckpt_io.load_strict(model.encoder, _fit_positions(model.encoder, state), path, _WHAT.format("encoder"))
+        ckpt_io.load_strict(model.encoder, builder.fit_positions(model.encoder, state), path, _WHAT.format("encoder"))
         log.info(f"initialised the encoder from {path} ([MASK] token and head start fresh)")
         return
     state, meta, target = whole
@@ -97,22 +96,13 @@ def _load_initial_weights(model: MaskFeat, cfg: DictConfig, architecture: str) -
               if k in target and str(target[k]) != str(ours[k])]  # fmt: skip
     if differ:
         raise ConfigError(f"{path} was pre-trained with another target ({'; '.join(differ)}): set the same target")
-    encoder = _fit_positions(
+    encoder = builder.fit_positions(
         model.encoder, {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
     )
     state = {**{k: v for k, v in state.items() if not k.startswith("encoder.")},
              **{f"encoder.{k}": v for k, v in encoder.items()}}  # fmt: skip
     ckpt_io.load_strict(model, state, path, _WHAT.format("pre-training model"))
     log.info(f"continuing pre-training from {path} (encoder, [MASK] token and head)")
-
-
-def _fit_positions(encoder: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with its position parameters resampled to this run's image or clip size (see
-    :func:`maskfeat.models.resample.resample_positions`)."""
-    state, resized = resample_positions(encoder, state)
-    if resized:
-        log.info(f"resampled to this run's input size: {', '.join(resized)}")
-    return state
 
 
 def _check_architecture(path: str, meta: dict | None, architecture: str) -> None:

@@ -29,6 +29,7 @@ from .models import (
     build_optimizer_and_schedule,
     build_pretrain_model,
     encoder_args,
+    fit_positions,
     load_pretrained,
     new_classifier,
 )
@@ -46,8 +47,8 @@ from .run import (
 
 __all__ = [
     "CLASSIFIERS", "SAMPLE_IMAGE_SIZE", "SampleKind", "build_classifier", "build_optimizer_and_schedule",
-    "build_pretrain_model", "check_drawable", "complete_encoder_meta", "data_folder", "encoder_args", "hflip",
-    "image_mask_type", "is_video", "label_collate", "labeled_folders", "load_pretrained", "make_pretrained_cfg",
-    "mask_collate", "mask_type", "new_classifier", "pretrain_dataset", "resolve", "sample_kind", "token_grid",
-    "train_dataset", "val_dataset", "val_loader", "view_dataset",
+    "build_pretrain_model", "check_drawable", "complete_encoder_meta", "data_folder", "encoder_args", "fit_positions",
+    "hflip", "image_mask_type", "is_video", "label_collate", "labeled_folders", "load_pretrained",
+    "make_pretrained_cfg", "mask_collate", "mask_type", "new_classifier", "pretrain_dataset", "resolve",
+    "sample_kind", "token_grid", "train_dataset", "val_dataset", "val_loader", "view_dataset",
 ]  # fmt: skip

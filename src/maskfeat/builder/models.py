@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from omegaconf import DictConfig
-from timm.layers import resample_abs_pos_embed, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import nn
 
 from maskfeat import checkpoint as ckpt_io
@@ -14,6 +14,7 @@ from maskfeat.errors import ConfigError
 from maskfeat.models.maskfeat import MaskFeat, target_patch_size
 from maskfeat.models.mvit import MViTEncoder, load_pretrained_mvit
 from maskfeat.models.registry import create_encoder, video_encoder_args
+from maskfeat.models.resample import resample_positions
 from maskfeat.models.vit import encoder_model_args
 from maskfeat.optim import build_optimizer, build_scheduler
 from maskfeat.targets import build_target
@@ -99,6 +100,15 @@ def new_classifier(cfg: DictConfig, kind: str, classes: list[str]) -> tuple[nn.M
     return model, meta
 
 
+def fit_positions(encoder: nn.Module, state: dict) -> dict:
+    """``state`` with its position parameters resampled to this run's image or clip size (see
+    :func:`maskfeat.models.resample.resample_positions`)."""
+    state, resized = resample_positions(encoder, state)
+    if resized:
+        log.info(f"resampled to this run's input size: {', '.join(resized)}")
+    return state
+
+
 def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False) -> None:
     """Load encoder weights into a classifier: the head (and the pre-training final norm, when the classifier
     pools with a new ``fc_norm``) are left out; position embeddings are resampled to the new grid."""
@@ -110,12 +120,7 @@ def load_pretrained(model: nn.Module, path: str, allow_pickle: bool = False) -> 
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm."))}
     if isinstance(getattr(model, "norm", None), nn.Identity):
         state = {k: v for k, v in state.items() if not k.startswith("norm.")}
-    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape and state["pos_embed"].dim() == 3:
-        old = state["pos_embed"].shape
-        state["pos_embed"] = resample_abs_pos_embed(
-            state["pos_embed"], list(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens
-        )
-        log.info(f"resampled position embeddings {tuple(old)} -> {tuple(model.pos_embed.shape)}")
+    state = fit_positions(model, state)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:

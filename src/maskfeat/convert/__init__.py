@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from maskfeat.checkpoint import state_mismatches
 from maskfeat.convert.common import Converted, fail
 from maskfeat.convert.mmpretrain import convert_mmpretrain, is_mmpretrain
 from maskfeat.convert.slowfast import HOG_TARGET, convert_slowfast, is_slowfast
@@ -112,8 +113,6 @@ def _check_fits(result: Converted, src: str) -> None:
     with torch.device("meta"):
         model = _build(result.encoder_meta, pretrain=result.pretrain_state is not None)
     state = result.pretrain_state if result.pretrain_state is not None else result.encoder_state
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in state.items()}
-    if want != have:
-        diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+    diff = state_mismatches(model, state)
+    if diff:
         fail(src, f"the converted weights do not fit {result.encoder_meta['architecture']}: {', '.join(diff[:4])}")
