@@ -64,6 +64,48 @@ def test_sampler_set_start_resumes_exactly() -> None:
         sampler.set_start(len(full) + 1)
 
 
+def _epochs(sampler: SeededSampler, epochs: range) -> list[tuple[int, int]]:
+    keys = []
+    for epoch in epochs:
+        sampler.set_epoch(epoch)
+        keys += list(sampler)
+    return keys
+
+
+def test_sampler_epoch_size_is_a_stream_of_passes() -> None:
+    """An epoch of ``epoch_size`` samples is a window on an endless sequence of passes, each pass a permutation of
+    the data set with the seeds of that pass; with the data set's own size it is the plain sampler, key for key."""
+    assert _epochs(SeededSampler(37, seed=2, epoch_size=37), range(4)) == _epochs(SeededSampler(37, seed=2), range(4))
+    n, size = 10, 25  # an epoch is 2.5 passes: the passes straddle the epochs
+    stream = _epochs(SeededSampler(n, seed=5, epoch_size=size), range(4))
+    assert len(stream) == 4 * size
+    for p in range(4 * size // n):
+        chunk = stream[p * n : (p + 1) * n]
+        assert sorted(i for i, _ in chunk) == list(range(n))  # every pass sees every sample once
+        assert [s for i, s in chunk] == [sample_seed(5, p, i) for i, _ in chunk]  # with its own augmentation seed
+    assert len({s for _, s in stream}) == len(stream)  # a sample repeated in an epoch is augmented anew
+    plain = _epochs(SeededSampler(n, seed=5), range(10))  # pass p of the stream is epoch p of the plain sampler
+    assert stream == plain
+    big = SeededSampler(1000, seed=1, epoch_size=64)  # a large set: an epoch is a part of a pass
+    parts = [[i for i, _ in keys] for keys in (_epochs(big, range(e, e + 1)) for e in range(3))]
+    assert all(len(part) == 64 for part in parts) and len(set(sum(parts, []))) == 3 * 64
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sampler_epoch_size_ranks_and_resume(world_size: int) -> None:
+    """With ``epoch_size`` the ranks still split one epoch between them, and set_start resumes exactly."""
+    single = _epochs(SeededSampler(7, seed=9, epoch_size=30, drop_last=True), range(2, 3))
+    ranks = [SeededSampler(7, seed=9, epoch_size=30, rank=r, world_size=world_size, drop_last=True)
+             for r in range(world_size)]  # fmt: skip
+    parts = [_epochs(r, range(2, 3)) for r in ranks]
+    assert all(len(part) == 30 // world_size for part in parts)
+    woven = [parts[k % world_size][k // world_size] for k in range(world_size * len(parts[0]))]
+    assert woven == single[: len(woven)]
+    ranks[0].set_epoch(2)
+    ranks[0].set_start(4)
+    assert list(ranks[0]) == parts[0][4:]
+
+
 def test_loader_identical_across_worker_counts(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(10):

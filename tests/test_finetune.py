@@ -176,3 +176,18 @@ def test_finetune_without_val_path_lists_its_outputs_logs_the_peak_lr_and_export
     assert meta["pretrained_cfg"]["label_names"] == ["class0", "class1", "class2"]  # the order of the logits
     _assert_timm_preprocesses_as_maskfeat(model, next((labeled / "val" / "class1").iterdir()), 32, 0.9)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_epoch_size_makes_the_schedule_a_budget_of_samples(labeled, tmp_path):
+    """``train.epoch_size``: an epoch draws that many samples whatever the data set's size (36 images here, 90 an
+    epoch: 2.5 passes), so the step count and the evaluations follow the budget, not the number of images."""
+    out = tmp_path / "ft"
+    r = maskfeat("finetune", *TINY, f"data.path={labeled / 'train'}", f"data.val_path={labeled / 'val'}",
+                 f"output_dir={out}", "train.epochs=2", "train.epoch_size=90", "train.batch_size=8",
+                 "train.log_every=1", "data.num_workers=0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "on 36 images" in r.stderr and "an epoch is 90 samples (2.5 passes)" in r.stderr
+    assert "22 steps" in r.stderr  # 2 epochs x (90 // 8) drop-last steps
+    metrics = rows(out / "metrics.jsonl")
+    assert max(m["step"] for m in metrics if "loss" in m) == 22
+    assert [m["epoch"] for m in metrics if "top1" in m] == [0, 1]

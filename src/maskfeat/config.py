@@ -109,7 +109,10 @@ class MaskConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 300  # passes over the data set
+    epochs: int = 300  # schedule length, in epochs (passes over the data set, or of train.epoch_size samples)
+    epoch_size: int | None = None  # samples (images, or videos) an epoch draws; null = the data set's size. Set it
+    # to make the schedule a budget of samples seen whatever the data set's size: a smaller set is passed over
+    # several times an epoch (each pass freshly shuffled and augmented), a larger one in part
     warmup_epochs: float = 30.0  # linear warm-up length, in epochs
     batch_size: int = 64  # samples (images, or clips) per process per forward pass
     accum_steps: int = 1  # gradient accumulation: optimizer step every N batches

@@ -55,6 +55,7 @@ def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
     _require(tr.batch_size > 0, f"train.batch_size must be positive, got {tr.batch_size}")
     _require(tr.accum_steps > 0, f"train.accum_steps must be positive, got {tr.accum_steps}")
     _require(tr.warmup_epochs >= 0, f"train.warmup_epochs must be >= 0, got {tr.warmup_epochs}")
+    _require(tr.epoch_size is None or tr.epoch_size >= 1, f"train.epoch_size must be >= 1 or null, got {tr.epoch_size}")
     _require(tr.lr is None or tr.lr > 0, f"train.lr must be positive, got {tr.lr}")
     _require(tr.blr > 0, f"train.blr must be positive, got {tr.blr}")
     _require(len(tr.betas) == 2 and all(0 <= b < 1 for b in tr.betas), "train.betas must be two numbers in [0, 1)")

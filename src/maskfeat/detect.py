@@ -149,8 +149,9 @@ def run_detect(cfg: DictConfig) -> dict:
     classes = list(train_folder.label_map)
     dataset = _dataset(cfg, train_folder, classes, train=True)
     loader, sampler = make_loader(dataset, collate_detections, tr.batch_size, cfg.data.num_workers, cfg.seed, device,
-                                  train=True, rank=rank, world_size=world_size)  # fmt: skip
-    spe = steps_per_epoch(len(dataset), train_folder.root, tr.batch_size, tr.accum_steps, world_size, "keyframes")
+                                  train=True, rank=rank, world_size=world_size, epoch_size=tr.epoch_size)  # fmt: skip
+    epoch = tr.epoch_size or len(dataset)
+    spe = steps_per_epoch(epoch, train_folder.root, tr.batch_size, tr.accum_steps, world_size, "keyframes")
     torch.manual_seed(cfg.seed)
     model, meta = new_detector(cfg, classes, [train_folder.label_map[c] for c in classes])
     optimizer, scheduler, train_model, sharded = place(cfg, model, "finetune", spe, device, rank, world_size)

@@ -70,8 +70,10 @@ def _classification_run(cfg: DictConfig, kind: str) -> dict:
     sample = builder.sample_kind(cfg)
     per_batch = tr.batch_size // cfg.video.repeated_aug  # repeated augmentation: each video gives repeated_aug clips
     loader, sampler = make_loader(dataset, builder.label_collate(), per_batch, cfg.data.num_workers, cfg.seed,
-                                  device, train=True, rank=rank, world_size=world_size)  # fmt: skip
-    spe = steps_per_epoch(len(dataset), train_folder, per_batch, tr.accum_steps, world_size, sample.noun)
+                                  device, train=True, rank=rank, world_size=world_size,
+                                  epoch_size=tr.epoch_size)  # fmt: skip
+    epoch = tr.epoch_size or len(dataset)
+    spe = steps_per_epoch(epoch, train_folder, per_batch, tr.accum_steps, world_size, sample.noun)
     torch.manual_seed(cfg.seed)
     model, meta = builder.new_classifier(cfg, kind, dataset.classes)
     optimizer, scheduler, train_model, sharded = place(cfg, model, kind, spe, device, rank, world_size)

@@ -47,9 +47,10 @@ def run_pretrain(cfg: DictConfig) -> dict:
     model, encoder_meta = builder.build_pretrain_model(cfg)
     grid = builder.token_grid(cfg, model)
     loader, sampler = make_loader(dataset, builder.mask_collate(cfg, grid), tr.batch_size, cfg.data.num_workers,
-                                  cfg.seed, device, train=True, rank=rank, world_size=world_size)  # fmt: skip
+                                  cfg.seed, device, train=True, rank=rank, world_size=world_size,
+                                  epoch_size=tr.epoch_size)  # fmt: skip
     kind = builder.sample_kind(cfg)
-    spe = steps_per_epoch(len(dataset), folder, tr.batch_size, tr.accum_steps, world_size, kind.noun)
+    spe = steps_per_epoch(tr.epoch_size or len(dataset), folder, tr.batch_size, tr.accum_steps, world_size, kind.noun)
     if cfg.model.checkpoint:
         _load_initial_weights(model, cfg, encoder_meta["architecture"])
     optimizer, scheduler, train_model, sharded = place(cfg, model, "pretrain", spe, device, rank, world_size)

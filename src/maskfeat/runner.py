@@ -58,7 +58,9 @@ def place(cfg: DictConfig, model: nn.Module, kind: str, spe: int, device: torch.
 def describe_run(cfg: DictConfig, what: str, num_items: int, noun: str, folder: str, device: torch.device,
                  total_batch: int) -> str:  # fmt: skip
     """The line a training command starts with: ``what`` (command, model, size) and the data, processes and lr."""
-    return (f"{what} on {num_items} {noun} from {folder}; {cfg.world_size} process(es) on {device}, batch "
+    size = cfg.train.epoch_size
+    epochs = f"; an epoch is {size} samples ({size / num_items:.3g} passes)" if size and num_items else ""
+    return (f"{what} on {num_items} {noun} from {folder}{epochs}; {cfg.world_size} process(es) on {device}, batch "
             f"{total_batch}, lr {cfg.train.lr:.3g}")  # fmt: skip
 
 

@@ -21,13 +21,15 @@ def make_loader(
     train: bool,
     rank: int = 0,
     world_size: int = 1,
+    epoch_size: int | None = None,
 ) -> tuple[torch.utils.data.DataLoader, SeededSampler]:
     """A loader over ``dataset`` with a :class:`SeededSampler` (shuffled, drop-last batches when ``train``).
 
-    ``workers`` < 0 means min(8, CPU cores).
+    ``workers`` < 0 means min(8, CPU cores); ``epoch_size``: samples an epoch draws (None = the data set's size).
     """
     workers = min(8, os.cpu_count() or 1) if workers < 0 else workers
-    sampler = SeededSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size, drop_last=train)
+    sampler = SeededSampler(len(dataset), seed=seed, shuffle=train, rank=rank, world_size=world_size, drop_last=train,
+                           epoch_size=epoch_size)  # fmt: skip
     kwargs = dict(
         batch_size=batch_size,
         sampler=sampler,

@@ -79,6 +79,12 @@ class SeededSampler(Sampler):
     Call :meth:`set_epoch` before each epoch. To resume mid-epoch call :meth:`set_start` with the number of
     samples this rank had already consumed, after :meth:`set_epoch`; the next :meth:`set_epoch` resets it to 0.
 
+    With ``epoch_size`` an epoch is that many samples, whatever the data set's size: the sampler walks an endless
+    sequence of passes (pass ``p`` a permutation seeded from ``(seed, p)``, its samples' seeds from ``(seed, p,
+    index)``) and epoch ``e`` is its positions ``e * epoch_size`` to ``(e + 1) * epoch_size``. A small data set is
+    then seen several times an epoch, a large one in part. Without it (or with the data set's size) pass and epoch
+    are the same and the order is exactly the one described above.
+
     Args:
         num_samples: size of the data set.
         seed: base seed of the run.
@@ -86,6 +92,7 @@ class SeededSampler(Sampler):
         rank: this process's rank.
         world_size: number of processes.
         drop_last: drop the tail instead of padding so ranks get equal counts.
+        epoch_size: samples per epoch (over all ranks); None = ``num_samples``.
     """
 
     def __init__(
@@ -96,9 +103,12 @@ class SeededSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        epoch_size: int | None = None,
     ) -> None:
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if epoch_size is not None and (epoch_size < 1 or num_samples == 0):
+            raise ValueError(f"epoch_size must be >= 1 on a non-empty data set, got {epoch_size} for {num_samples}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"invalid rank {rank} for world_size {world_size}")
         self.num_samples = int(num_samples)
@@ -109,10 +119,11 @@ class SeededSampler(Sampler):
         self.drop_last = drop_last
         self.epoch = 0
         self.start = 0
+        self.epoch_size = self.num_samples if epoch_size is None else int(epoch_size)
         if drop_last:
-            self.per_rank = self.num_samples // world_size
+            self.per_rank = self.epoch_size // world_size
         else:
-            self.per_rank = math.ceil(self.num_samples / world_size)
+            self.per_rank = math.ceil(self.epoch_size / world_size)
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch (its order and seeds) and resets the resume position to 0."""
@@ -125,24 +136,44 @@ class SeededSampler(Sampler):
             raise ValueError(f"start position {position} outside 0..{self.per_rank}")
         self.start = int(position)
 
+    def _pass_order(self, p: int) -> np.ndarray:
+        """The order of pass ``p`` over the data set: a permutation seeded from ``(seed, p)`` (or 0..n-1)."""
+        if not self.shuffle:
+            return np.arange(self.num_samples, dtype=np.int64)
+        generator = torch.Generator()
+        generator.manual_seed(int(_epoch_key(self.seed, p) >> np.uint64(1)))
+        return torch.randperm(self.num_samples, generator=generator).numpy()
+
+    def _epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """The current epoch's samples over all ranks, ``(indices, pass of each)``, int64 ``(epoch_size,)``."""
+        n, size = self.num_samples, self.epoch_size
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        begin = self.epoch * size
+        first, last = begin // n, (begin + size - 1) // n
+        order = np.concatenate([self._pass_order(p) for p in range(first, last + 1)])
+        passes = np.repeat(np.arange(first, last + 1, dtype=np.int64), n)
+        offset = begin - first * n
+        return order[offset : offset + size].astype(np.int64), passes[offset : offset + size]
+
+    def _rank_keys(self) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's ``(indices, passes)`` for the current epoch, before :meth:`set_start`."""
+        order, passes = self._epoch_order()
+        total = self.per_rank * self.world_size
+        if total > len(order) and len(order) > 0:  # pad by repeating the start, as DistributedSampler does
+            order, passes = np.resize(order, total), np.resize(passes, total)
+        return order[self.rank : total : self.world_size], passes[self.rank : total : self.world_size]
+
     def rank_indices(self) -> np.ndarray:
         """This rank's full index sequence for the current epoch (before :meth:`set_start`), int64 ``(per_rank,)``."""
-        n = self.num_samples
-        if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(int(_epoch_key(self.seed, self.epoch) >> np.uint64(1)))
-            order = torch.randperm(n, generator=generator).numpy()
-        else:
-            order = np.arange(n, dtype=np.int64)
-        total = self.per_rank * self.world_size
-        if total > n and n > 0:  # pad by repeating the start, as DistributedSampler does
-            order = np.resize(order, total)
-        order = order[:total]
-        return order[self.rank : total : self.world_size].astype(np.int64)
+        return self._rank_keys()[0]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = self.rank_indices()[self.start :]
-        seeds = _sample_seeds(self.seed, self.epoch, indices)
+        indices, passes = (keys[self.start :] for keys in self._rank_keys())
+        seeds = np.empty(len(indices), dtype=np.int64)
+        for p in np.unique(passes):
+            where = passes == p
+            seeds[where] = _sample_seeds(self.seed, int(p), indices[where])
         return iter(zip(indices.tolist(), seeds.tolist()))
 
     def __len__(self) -> int:
