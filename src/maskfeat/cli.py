@@ -28,7 +28,7 @@ COMMANDS = {
     "pretrain": "MaskFeat pre-training: predict the HOG of masked patches (writes encoder.safetensors)",
     "finetune": "fine-tune a (pre-trained) encoder for image classification; evaluates top-1/top-5 each epoch",
     "linprobe": "linear probe: train a BatchNorm + linear head on the frozen encoder",
-    "evaluate": "top-1/top-5 of a finetune or linprobe checkpoint on data.val_path",
+    "evaluate": "top-1/top-5 of a finetune or linprobe checkpoint (frame mAP of a detect one) on data.val_path",
     "visualize": "draw input, masked input, HOG target and predicted HOG for a pre-training checkpoint",
     "detect": "fine-tune a video encoder for action detection on AVA-format data; evaluates frame mAP each epoch",
 }

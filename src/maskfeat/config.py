@@ -146,6 +146,9 @@ class DetectConfig:
     box_jitter: float = 0.0  # training: each ground-truth box edge moved by up to this fraction of the box's size
     roi_size: int = 7  # RoIAlign output side per box (max-pooled after)
     dropout: float = 0.5  # before the box head's linear layer
+    frame_rate: float = 30.0  # folders of extracted frames (frames/<video_id>/): frames per second (AVA's: 30)
+    frames_start: float = 0.0  # ... and the video time, in seconds, of each folder's first frame (the official AVA
+    # frames, cut from second 900 of each video: 900)
 
 
 @dataclass

@@ -85,6 +85,7 @@ def validate(cfg: DictConfig, command: str, check_paths: bool = True) -> None:
     _require(0 <= det.score_threshold <= 1, f"detect.score_threshold must be in [0, 1], got {det.score_threshold}")
     _require(det.box_jitter >= 0 and det.roi_size > 0 and 0 <= det.dropout < 1,
              "detect.box_jitter must be >= 0, detect.roi_size positive and detect.dropout in [0, 1)")  # fmt: skip
+    _require(det.frame_rate > 0, f"detect.frame_rate must be positive, got {det.frame_rate}")
     dev = str(cfg.device)
     _require(
         dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"),

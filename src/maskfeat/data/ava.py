@@ -6,7 +6,9 @@ coordinates in [0, 1], timestamp in seconds from the start of the video file), t
 ``ava_action_list_v2.2_for_activitynet_2019.pbtxt`` (``item { name: "..." id: N }``), optionally
 ``ava_{train,val}_excluded_timestamps_v2.2.csv`` (``video_id, timestamp``), for evaluation
 ``ava_val_predicted_boxes.csv`` (``video_id, timestamp, x1, y1, x2, y2, , score``), and the videos
-``<video_id>.<ext>`` (ids may start with ``-``).
+``<video_id>.<ext>`` (ids may start with ``-``), or their extracted frames as the official layout keeps them,
+``frames/<video_id>/`` (one image per frame in name order, :mod:`maskfeat.data.frame_folder`; a video file of the
+same id is preferred).
 
 A :class:`Keyframe` is one annotated second of one video: its distinct boxes and, per box, the set of actions.
 Like the official loader, rows with the same four coordinate strings are one box (a person with several actions);
@@ -30,6 +32,7 @@ __all__ = ["AvaFolder", "Keyframe", "read_exclusions", "read_keyframes", "read_l
 
 LABEL_MAP = "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
 PREDICTED_BOXES = "ava_val_predicted_boxes.csv"
+FRAMES = "frames"  # the folder of extracted-frame folders, one per video id
 
 
 def groundtruth_name(split: str) -> str:
@@ -140,12 +143,17 @@ class AvaFolder:
         self.videos = self._find_videos()
 
     def _find_videos(self) -> dict[str, str]:
-        """``{video_id: path}`` of the files ``<video_id>.<ext>`` at the folder's top level (a video extension)."""
+        """``{video_id: path}`` of the files ``<video_id>.<ext>`` at the folder's top level (a video extension),
+        then of the frame folders ``frames/<video_id>/`` for the other ids."""
         videos: dict[str, str] = {}
         for name in sorted(os.listdir(self.root)):
             stem, ext = os.path.splitext(name)
             if ext.lower() in VIDEO_EXTENSIONS and os.path.isfile(os.path.join(self.root, name)):
                 videos.setdefault(stem, os.path.join(self.root, name))
+        frames = os.path.join(self.root, FRAMES)
+        for name in sorted(os.listdir(frames)) if os.path.isdir(frames) else []:
+            if os.path.isdir(os.path.join(frames, name)):
+                videos.setdefault(name, os.path.join(frames, name))
         return videos
 
     def keyframes(self, predicted: bool = False, score_threshold: float = 0.8) -> list[Keyframe]:
@@ -159,5 +167,6 @@ class AvaFolder:
             frames = read_keyframes(self.groundtruth, self.label_map, self.exclusions)
         missing = sorted({k.video_id for k in frames} - set(self.videos))
         if missing:
-            raise DataError(f"{self.root}: no video file for {len(missing)} video id(s): {', '.join(missing[:5])}")
+            raise DataError(f"{self.root}: no video file or {FRAMES}/ folder for {len(missing)} video id(s): "
+                            f"{', '.join(missing[:5])}")  # fmt: skip
         return frames

@@ -8,6 +8,7 @@ crop, clipped to it; their original [0, 1] coordinates travel with them, for the
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from torchvision.transforms.v2 import functional as F
 from .ava import Keyframe
 from .clips import clip_indices
 from .decode import open_reader
+from .frame_folder import FrameFolderReader
 from .logs import logger
 from .sampler import seeded_rngs
 from .video_transforms import VideoTrainTransform
@@ -84,17 +86,22 @@ class AvaDataset(torch.utils.data.Dataset):
 
     Args:
         keyframes: from :meth:`maskfeat.data.ava.AvaFolder.keyframes`.
-        videos: ``{video_id: path}``.
+        videos: ``{video_id: path}``: a video file, or a folder of extracted frames.
         classes: the label map's action ids, in output order.
         transform: a :class:`BoxClipTransform`.
+        backend: the video decoder (files).
+        frame_rate, frames_start: frame folders: frames per second, and the video time of the first frame (the
+            official AVA frames: 30 and 900).
     """
 
     def __init__(self, keyframes: list[Keyframe], videos: dict[str, str], classes: list[int], num_frames: int,
-                 stride: int, transform: BoxClipTransform, backend: str = "pyav") -> None:  # fmt: skip
+                 stride: int, transform: BoxClipTransform, backend: str = "pyav", frame_rate: float = 30.0,
+                 frames_start: float = 0.0) -> None:  # fmt: skip
         self.keyframes, self.videos = keyframes, videos
         self.classes = list(classes)
         self.column = {c: i for i, c in enumerate(self.classes)}
         self.num_frames, self.stride, self.transform, self.backend = int(num_frames), int(stride), transform, backend
+        self.frame_rate, self.frames_start = float(frame_rate), float(frames_start)
 
     def __len__(self) -> int:
         return len(self.keyframes)
@@ -102,7 +109,11 @@ class AvaDataset(torch.utils.data.Dataset):
     def clip(self, index: int) -> torch.Tensor:
         """The uint8 clip (T, H, W, 3) centred on keyframe ``index`` (clamped inside the video, stride fitted)."""
         frame = self.keyframes[index]
-        reader = open_reader(self.videos[frame.video_id], self.backend)
+        path = self.videos[frame.video_id]
+        if os.path.isdir(path):
+            reader = FrameFolderReader(path, self.frame_rate, self.frames_start)
+        else:
+            reader = open_reader(path, self.backend)
         total = reader.info.num_frames
         centre = reader.ordinal_at(float(frame.timestamp))
         start = centre - (self.num_frames // 2) * self.stride
