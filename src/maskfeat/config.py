@@ -38,6 +38,7 @@ Resume = StrEnum("Resume", "auto force", module=__name__)
 MaskType = StrEnum("MaskType", "auto block random cube tube frame", module=__name__)
 VideoBackend = StrEnum("VideoBackend", "pyav torchcodec auto", module=__name__)
 ClipSampling = StrEnum("ClipSampling", "stride segments", module=__name__)
+EvalView = StrEnum("EvalView", "center full", module=__name__)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class DetectConfig:
     box_jitter: float = 0.0  # training: each ground-truth box edge moved by up to this fraction of the box's size
     roi_size: int = 7  # RoIAlign output side per box (max-pooled after)
     dropout: float = 0.5  # before the box head's linear layer
+    eval_view: EvalView = EvalView.center  # evaluation: center (the centre square) | full (whole frame, AVA test)
 
 
 @dataclass

@@ -2,14 +2,18 @@
 
 Training clips are centred on the ground-truth keyframes of ``data.path`` and their boxes are the annotated people
 (optionally jittered: ``detect.box_jitter``); evaluation takes the detected boxes of ``data.val_path`` scoring at
-least ``detect.score_threshold``, scores every action of the label map per box, writes ``detections.csv`` and
-``ava_per_class.json`` and logs ``mAP`` (percent) to metrics.jsonl after each epoch, beside ``chance_mAP``: the
-mAP of random scores on the same boxes. ``checkpoint-best.pt`` keeps the best mAP. Without ``data.path`` and
-``data.val_path`` it trains on a generated AVA-format set (:mod:`maskfeat.data.sample_ava`).
+least ``detect.score_threshold``, on the clips of ``detect.eval_view``: ``center``, the centre square (the official
+"val" view, the recipe's evaluation while training) or ``full``, the whole frame at the same short side (the
+official "test" view; a batch is padded at the bottom and right to its largest clip, rounded up to the encoder's
+stride). It scores every action of the label map per box, writes ``detections.csv`` and ``ava_per_class.json``
+and logs ``mAP`` (percent) to metrics.jsonl after each epoch, beside ``chance_mAP``: the mAP of random scores on
+the same boxes. ``checkpoint-best.pt`` keeps the best mAP. Without ``data.path`` and ``data.val_path`` it trains
+on a generated AVA-format set (:mod:`maskfeat.data.sample_ava`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -77,7 +81,8 @@ def new_detector(cfg: DictConfig, classes: list[int], names: list[str]) -> tuple
 def _dataset(cfg: DictConfig, folder: AvaFolder, classes: list[int], train: bool) -> AvaDataset:
     v, flip = cfg.video, builder.hflip(cfg, folder.root)
     transform = BoxClipTransform(cfg.data.image_size, train, short_side=tuple(v.short_side), hflip=flip,
-                                 box_jitter=cfg.detect.box_jitter)  # fmt: skip
+                                 box_jitter=cfg.detect.box_jitter,
+                                 view="center" if train else str(cfg.detect.eval_view))  # fmt: skip
     frames = folder.keyframes(predicted=not train, score_threshold=cfg.detect.score_threshold)
     if not frames:
         raise ConfigError(f"{folder.root}: no {'annotated' if train else 'detected'} boxes to "
@@ -156,7 +161,8 @@ def run_detect(cfg: DictConfig) -> dict:
     model, meta = new_detector(cfg, classes, [train_folder.label_map[c] for c in classes])
     optimizer, scheduler, train_model, sharded = place(cfg, model, "finetune", spe, device, rank, world_size)
     val_set = _dataset(cfg, val_folder, classes, train=False)
-    loader_val, _ = make_loader(val_set, collate_detections, tr.batch_size, cfg.data.num_workers, cfg.seed, device,
+    collate_val = functools.partial(collate_detections, size_divisibility=max(model.strides[1:]))  # full view: pad
+    loader_val, _ = make_loader(val_set, collate_val, tr.batch_size, cfg.data.num_workers, cfg.seed, device,
                                 train=False)  # fmt: skip
     os.makedirs(cfg.output_dir, exist_ok=True)
     evaluate = DetectionEvaluation(model, loader_val, val_folder, device, amp_dtype(tr.amp, device), cfg.output_dir)
