@@ -180,6 +180,7 @@ def test_amp_off_is_off_in_a_file_and_on_the_command_line(tmp_path):
         ("mask.type=grid", "mask.type must be one of auto, block, random, cube, tube, frame, got 'grid'"),
         ("train.amp=fp8", "train.amp must be one of auto, bf16, fp16, off, got 'fp8'"),
         ("video.backend=ffmpeg", "video.backend must be one of pyav, torchcodec, auto, got 'ffmpeg'"),
+        ("detect.eval_view=wide", "detect.eval_view must be one of center, full, got 'wide'"),
     ],
 )
 def test_a_value_outside_a_fields_choices_is_one_line_naming_the_key_and_the_choices(override, expected, tmp_path):

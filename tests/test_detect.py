@@ -1,19 +1,23 @@
-"""maskfeat detect: the box head on a known feature map, boxes moved with the frames, the AVA readers, and a tiny
-end-to-end run that writes mAP."""
+"""maskfeat detect: the box head on a known feature map, boxes moved with the frames, the whole-frame evaluation view
+(wide and upright videos, padded batches), the AVA readers, and tiny end-to-end runs that write mAP."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_cli import maskfeat, rows
+from torchvision.transforms.v2 import functional as TF
 
 from maskfeat.data.ava import AvaFolder, read_exclusions, read_keyframes, read_label_map
 from maskfeat.data.ava_clips import AvaDataset, BoxClipTransform, collate_detections, flip_boxes
-from maskfeat.data.sample_ava import sample_ava_folder
+from maskfeat.data.decode import decode_frames, probe_video
+from maskfeat.data.sample import _write_mp4
+from maskfeat.data.sample_ava import FPS, sample_ava_folder
 from maskfeat.evaluation.ava import frame_map
 from maskfeat.models.detector import ActionDetector
 from maskfeat.models.registry import create_encoder, video_encoder_args
@@ -51,6 +55,9 @@ def test_roi_head_pools_the_time_averaged_map_inside_each_box():
     assert pooled[2, 1] == pytest.approx(15.0, abs=1e-5)  # the whole clip: the ramp's maximum
     logits = det(torch.zeros(2, 3, 4, 64, 64), boxes)
     assert logits.shape == (3, 3)
+    assert det.token_grid(torch.zeros(1, 3, 4, 64, 128)) == (2, 4, 8)  # the grid follows the input's shape
+    with pytest.raises(ValueError, match=r"32 tokens for clips of \(4, 64, 128\).*2x4x8 grid"):
+        det.feature_map(torch.zeros(1, 3, 4, 64, 128))  # this encoder's tokens are always 2x4x4
 
 
 @pytest.mark.parametrize("name, stride", [("vit_s", 16), ("mvit_v2_s", 32)])
@@ -129,6 +136,78 @@ def test_ava_folder_finds_videos_with_dash_ids_and_gives_clips_with_boxes(ava):
     assert val.exclusions and len(val.keyframes(predicted=True)) == len(val.keyframes()) == 2 * 3 - 1
 
 
+def _stretched(src: Path, dst: Path, height: int, width: int) -> Path:
+    """A copy of the AVA-format folder ``src`` whose videos are stretched to ``height`` x ``width`` (the [0, 1] boxes
+    of its CSV files stay right)."""
+    shutil.copytree(src, dst)
+    for video in dst.glob("*.mp4"):
+        frames = decode_frames(video, range(probe_video(video).num_frames))  # (T, H, W, 3) uint8
+        frames = TF.resize(frames.permute(0, 3, 1, 2), [height, width], antialias=True).permute(0, 2, 3, 1)
+        _write_mp4(str(video), list(frames.numpy()), fps=FPS)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def wide_val(ava, tmp_path_factory) -> Path:
+    """The generated validation set filmed 16:9 (96 x 170 frames)."""
+    return _stretched(ava[1], tmp_path_factory.mktemp("wide") / "val", 96, 170)
+
+
+@pytest.fixture(scope="module")
+def tall_val(ava, tmp_path_factory) -> Path:
+    """The generated validation set filmed upright (150 x 96 frames)."""
+    return _stretched(ava[1], tmp_path_factory.mktemp("tall") / "val", 150, 96)
+
+
+def _clips(folder: Path, view: str) -> AvaDataset:
+    val = AvaFolder(str(folder), "val")
+    transform = BoxClipTransform(64, train=False, view=view)
+    return AvaDataset(val.keyframes(predicted=True), val.videos, list(val.label_map), 4, 2, transform)
+
+
+def test_full_view_keeps_every_box_of_a_wide_frame_where_the_centre_view_clips_the_sides(wide_val):
+    full, centre = _clips(wide_val, "full"), _clips(wide_val, "center")
+    frames = full.keyframes
+    index = max(range(len(frames)), key=lambda i: frames[i].boxes[:, 2].max())  # the keyframe of the rightmost box
+    right = int(frames[index].boxes[:, 2].argmax())
+    x1, x2 = (frames[index].boxes[right, [0, 2]] * 170).tolist()
+    assert x2 > (170 + 96) / 2 + 8  # it reaches well past the right edge of the centre square (frame pixels)
+    item = full[index]
+    assert item["image"].shape == (3, 4, 64, 113)  # short side 96 -> 64, long side 170 -> floor(113.3)
+    scaled = item["norm_boxes"] * torch.tensor([113, 64, 113, 64.0])
+    assert torch.allclose(item["boxes"], scaled, atol=1e-4)  # every box scaled with the frame, none clipped
+    resized = TF.resize(full.clip(index).permute(0, 3, 1, 2), [64, 113], antialias=True)
+    assert torch.equal(item["image"], full.transform.params.normalize(resized))  # the whole frame, no crop
+    cropped = centre[index]
+    assert cropped["image"].shape == (3, 4, 64, 64)
+    scale = 64 / 96  # the centre square is frame pixels 37..133, at 64 / 96
+    assert cropped["boxes"][right, 2] == 64 and (x2 - 37) * scale > 64 + 5  # clipped at the crop's edge
+    assert cropped["boxes"][right, 2] - cropped["boxes"][right, 0] < (x2 - x1) * scale - 5
+
+
+@pytest.mark.parametrize("name", ["vit_s", "mvit_v2_s"])
+def test_two_aspect_ratios_collate_padded_and_the_detector_gives_one_logit_row_per_box(wide_val, tall_val, name):
+    items = [_clips(wide_val, "full")[0], _clips(tall_val, "full")[1]]
+    assert [tuple(it["image"].shape[2:]) for it in items] == [(64, 113), (100, 64)]
+    sizes = {"embed_dim": 16, "num_heads": 1, "depths": [1, 1, 1, 1], "global_pool": "avg", "fc_norm": False}
+    if name == "vit_s":
+        sizes = {"embed_dim": 32, "depth": 1, "num_heads": 2}
+    det = ActionDetector(create_encoder(name, video_encoder_args(name, img_size=64, num_frames=4, **sizes)), 6)
+    stride = det.strides[1]
+    batch = collate_detections(items, size_divisibility=stride)
+    height, width = -(-100 // stride) * stride, -(-113 // stride) * stride  # 112 x 128 (ViT), 128 x 128 (MViT)
+    images = batch["images"]
+    assert images.shape == (2, 3, 4, height, width)
+    for image, item in zip(images, items):  # each clip at the top left, zeros (the mean colour) below and right
+        h, w = item["image"].shape[2:]
+        assert torch.equal(image[..., :h, :w], item["image"])
+        assert not image[..., h:, :].any() and not image[..., w:].any()
+    assert torch.equal(batch["boxes"][:, 1:], torch.cat([it["boxes"] for it in items]))  # padding moves no box
+    assert det.token_grid(images) == (2, height // stride, width // stride)
+    logits = det.eval()(images, batch["boxes"])
+    assert logits.shape == (len(batch["boxes"]), 6) and torch.isfinite(logits).all()
+
+
 def test_frame_map_placeholder_perfect_and_chance(ava):
     val = AvaFolder(str(ava[1]), "val")
     gt = [line.split(",") for line in Path(val.groundtruth).read_text().splitlines()]
@@ -156,6 +235,20 @@ def test_detect_command_writes_map(ava, tmp_path):
     assert per_class["mAP"] * 100 == pytest.approx(evals[-1]["mAP"])
     best = torch.load(out / "checkpoint-best.pt", weights_only=False)
     assert best["best"]["mAP"] == max(m["mAP"] for m in evals) and best["classifier"] == "detect"
+
+
+def test_detect_command_with_the_full_view_writes_map(ava, wide_val, tmp_path):
+    out = tmp_path / "run"
+    r = maskfeat("detect", f"data.path={ava[0]}", f"data.val_path={wide_val}", f"output_dir={out}", "model.name=vit_s",
+                 "model.embed_dim=32", "model.depth=1", "model.num_heads=2", "data.image_size=64", "video.num_frames=4",
+                 "video.frame_stride=2", "video.short_side=[64,72]", "train.batch_size=4", "train.epochs=1",
+                 "train.warmup_epochs=0", "data.num_workers=0", "detect.eval_view=full")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (evaluation,) = [m for m in rows(out / "metrics.jsonl") if "mAP" in m]
+    assert 0 <= evaluation["mAP"] <= 100 and "frame mAP@0.5" in r.stderr
+    lines = (out / "detections.csv").read_text().splitlines()
+    assert len(lines) == 6 * sum(len(k.boxes) for k in AvaFolder(str(wide_val), "val").keyframes(predicted=True))
+    assert "eval_view: full" in (out / "config.yaml").read_text()
 
 
 def test_detect_needs_a_video_encoder():

@@ -352,3 +352,38 @@ def test_official_pretrained_mvit_fine_tunes_at_a_larger_crop():
     with torch.no_grad():
         logits = ft.eval()(torch.randn(1, 3, 8, 128, 128))
     assert logits.shape == (1, 5) and torch.isfinite(logits).all()
+
+
+def test_mvit_runs_other_frame_sizes_and_keeps_its_outputs_at_the_size_it_is_built_for(monkeypatch):
+    """Each attention resamples its relative position tables (linearly, as loading weights of another size does) to
+    what the input's grid needs: at the built size nothing is resampled, a wider clip runs, and the parameters stay."""
+    from maskfeat.models.resample import resample_positions
+
+    torch.manual_seed(0)
+    enc = tiny_encoder("mvit_v2_s", pretrain=False).eval()
+    shapes = {k: v.shape for k, v in enc.state_dict().items()}
+    resampled = []
+    interpolate = torch.nn.functional.interpolate
+
+    def spy(t, *args, **kwargs):
+        resampled.append(tuple(t.shape))
+        return interpolate(t, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "interpolate", spy)
+    x, wide, square = clip(1), torch.randn(1, 3, T, S, 2 * S + 16), torch.randn(1, 3, T, 2 * S, 2 * S)
+    with torch.no_grad():
+        before = enc.forward_features(x)
+        assert not resampled  # every table has the length the built size needs: used as it is
+        out = enc.forward_features(wide)  # 32 x 80 frames: the W tables stretched, T and H untouched
+        assert resampled and out.shape == (1, 1 + (T // 2) * (S // 32) * -(-(2 * S + 16) // 32), enc.num_features)
+        assert torch.equal(enc.forward_features(x), before)  # bit for bit: the wide call changed nothing
+        assert {k: v.shape for k, v in enc.state_dict().items()} == shapes
+        # a model built for 64 x 64 frames, given this one's tables resampled, gives what this one gives at 64 x 64
+        big = create_encoder("mvit_v2_s", {**tiny_args("mvit_v2_s", pretrain=False), "img_size": 2 * S})
+        state, names = resample_positions(big, enc.state_dict())
+        assert names and all(n.rsplit(".", 1)[-1] in ("rel_pos_h", "rel_pos_w") for n in names)
+        big.load_state_dict(state)  # strict
+        resampled.clear()
+        reference = big.eval().forward_features(square)
+        assert not resampled  # built for 64 x 64: its tables are used as they are
+        assert torch.equal(enc.forward_features(square), reference)

@@ -38,6 +38,7 @@ Resume = StrEnum("Resume", "auto force", module=__name__)
 MaskType = StrEnum("MaskType", "auto block random cube tube frame", module=__name__)
 VideoBackend = StrEnum("VideoBackend", "pyav torchcodec auto", module=__name__)
 ClipSampling = StrEnum("ClipSampling", "stride segments", module=__name__)
+EvalView = StrEnum("EvalView", "center full", module=__name__)
 
 
 @dataclass
@@ -149,6 +150,7 @@ class DetectConfig:
     frame_rate: float = 30.0  # folders of extracted frames (frames/<video_id>/): frames per second (AVA's: 30)
     frames_start: float = 0.0  # ... and the video time, in seconds, of each folder's first frame (the official AVA
     # frames, cut from second 900 of each video: 900)
+    eval_view: EvalView = EvalView.center  # evaluation: center (the centre square) | full (whole frame, AVA test)
 
 
 @dataclass

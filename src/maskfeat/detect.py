@@ -2,10 +2,14 @@
 
 Training clips are centred on the ground-truth keyframes of ``data.path`` and their boxes are the annotated people
 (optionally jittered: ``detect.box_jitter``); evaluation takes the detected boxes of ``data.val_path`` scoring at
-least ``detect.score_threshold``, scores every action of the label map per box, writes ``detections.csv`` and
-``ava_per_class.json`` and logs ``mAP`` (percent) to metrics.jsonl after each epoch, beside ``chance_mAP``: the
-mAP of random scores on the same boxes. ``checkpoint-best.pt`` keeps the best mAP. Without ``data.path`` and
-``data.val_path`` it trains on a generated AVA-format set (:mod:`maskfeat.data.sample_ava`).
+least ``detect.score_threshold``, on the clips of ``detect.eval_view``: ``center``, the centre square (the official
+"val" view, the recipe's evaluation while training) or ``full``, the whole frame at the same short side (the
+official "test" view; a batch is padded at the bottom and right to its largest clip, rounded up to the encoder's
+stride). It scores every action of the label map per box, writes ``detections.csv`` and ``ava_per_class.json``
+and logs ``mAP`` (percent) to metrics.jsonl after each epoch, beside ``chance_mAP``: the mAP of random scores on
+the same boxes. ``checkpoint-best.pt`` keeps the best mAP. Without ``data.path`` and ``data.val_path`` it trains
+on a generated AVA-format set (:mod:`maskfeat.data.sample_ava`). With several processes each scores its share of
+the evaluated keyframes (:mod:`maskfeat.evaluation.detection`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from torch import nn
 
 from maskfeat import builder
 from maskfeat import checkpoint as ckpt_io
-from maskfeat.builder.detection import ava_dataset, detection_folders, new_detector
+from maskfeat.builder.detection import ava_dataset, detection_folders, eval_collate, new_detector
 from maskfeat.data.ava_clips import collate_detections
 from maskfeat.data.loader import make_loader
 from maskfeat.distributed import setup_run
@@ -53,19 +57,9 @@ def run_detect(cfg: DictConfig) -> dict:
     model, meta = new_detector(cfg, classes, [train_folder.label_map[c] for c in classes])
     optimizer, scheduler, train_model, sharded = place(cfg, model, "finetune", spe, device, rank, world_size)
     val_set = ava_dataset(cfg, val_folder, classes, train=False)
-    loader_val, _ = make_loader(
-        val_set,
-        collate_detections,
-        tr.batch_size,
-        cfg.data.num_workers,
-        cfg.seed,
-        device,
-        train=False,
-        rank=rank,
-        world_size=world_size,
-    )  # each process scores its share
-
-    os.makedirs(cfg.output_dir, exist_ok=True)
+    # each process scores its share of the keyframes
+    loader_val, _ = make_loader(val_set, eval_collate(model), tr.batch_size, cfg.data.num_workers, cfg.seed, device,
+                                train=False, rank=rank, world_size=world_size)  # fmt: skip
     evaluate = DetectionEvaluation(model, loader_val, val_folder, device, amp_dtype(tr.amp, device), cfg.output_dir)
     job = Job(model=model, loss_fn=detection_loss, optimizer=optimizer, scheduler=scheduler, loader=loader,
               sampler=sampler, steps_per_epoch=spe, total_steps=tr.epochs * spe, evaluate=evaluate,

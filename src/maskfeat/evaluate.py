@@ -15,10 +15,9 @@ from omegaconf import DictConfig
 
 from maskfeat import builder
 from maskfeat import checkpoint as ckpt_io
-from maskfeat.builder.detection import ava_dataset, build_detector
+from maskfeat.builder.detection import ava_dataset, build_detector, eval_collate
 from maskfeat.config import to_yaml
 from maskfeat.data.ava import AvaFolder
-from maskfeat.data.ava_clips import collate_detections
 from maskfeat.data.loader import make_loader
 from maskfeat.distributed import setup_run
 from maskfeat.engine import evaluate
@@ -58,7 +57,7 @@ def _evaluate_detector(cfg: DictConfig, ckpt: dict, device, out: str) -> dict[st
     size = args["img_size"][0] if isinstance(args["img_size"], list) else args["img_size"]
     cfg.video.num_frames = args.get("num_frames", cfg.video.num_frames)
     folder = AvaFolder(cfg.data.val_path, "val")
-    loader, _ = make_loader(ava_dataset(cfg, folder, classes, train=False, crop_size=size), collate_detections,
+    loader, _ = make_loader(ava_dataset(cfg, folder, classes, train=False, crop_size=size), eval_collate(model),
                             cfg.train.batch_size, cfg.data.num_workers, cfg.seed, device, train=False)  # fmt: skip
     os.makedirs(out, exist_ok=True)
     return DetectionEvaluation(model, loader, folder, device, amp_dtype(cfg.train.amp, device), out)()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 from omegaconf import DictConfig
 from timm.layers import trunc_normal_
 from torch import nn
 
 from maskfeat.data.ava import AvaFolder
-from maskfeat.data.ava_clips import AvaDataset, BoxClipTransform
+from maskfeat.data.ava_clips import AvaDataset, BoxClipTransform, collate_detections
 from maskfeat.data.sample_ava import sample_ava_folders
 from maskfeat.errors import ConfigError
 from maskfeat.models.detector import ActionDetector
@@ -39,13 +41,20 @@ def ava_dataset(cfg: DictConfig, folder: AvaFolder, classes: list[int], train: b
     or more, with the clip transform of the config (``crop_size``: default ``data.image_size``)."""
     v, det = cfg.video, cfg.detect
     transform = BoxClipTransform(crop_size or cfg.data.image_size, train, short_side=tuple(v.short_side),
-                                 hflip=hflip(cfg, folder.root), box_jitter=det.box_jitter)  # fmt: skip
+                                 hflip=hflip(cfg, folder.root), box_jitter=det.box_jitter,
+                                 view="center" if train else str(det.eval_view))  # fmt: skip
     frames = folder.keyframes(predicted=not train, score_threshold=det.score_threshold)
     if not frames:
         raise ConfigError(f"{folder.root}: no {'annotated' if train else 'detected'} boxes to "
                           f"{'train' if train else 'evaluate'} on")  # fmt: skip
     return AvaDataset(frames, folder.videos, classes, v.num_frames, v.frame_stride, transform, v.backend,
                       det.frame_rate, det.frames_start)  # fmt: skip
+
+
+def eval_collate(model: ActionDetector) -> Callable:
+    """The evaluation batches of ``model``: clips padded to the batch's largest, rounded up to the encoder's stride
+    (the full view's frames differ in shape)."""
+    return functools.partial(collate_detections, size_divisibility=max(model.strides[1:]))
 
 
 def build_detector(meta: dict, num_classes: int, roi_size: int = 7, dropout: float = 0.0) -> ActionDetector:

@@ -27,6 +27,11 @@ of 1x1x1 (at stride 32). Pooling layers keep their (depthwise conv + norm) param
 skip max-pool has none, so the fine-tuning variant loads everything but the last stage's relative position tables
 whose length follows the pooled sizes: :func:`load_pretrained_mvit` resamples those.
 
+Other frame sizes (e.g. AVA's whole-frame test view, ``detect.eval_view=full``) run as they are: each attention
+resamples its relative position tables linearly to the lengths that the token grid of the input needs, at every
+call and without changing the parameters (torchvision's attention does this, as the official MViT code does), so
+at the size the tables are built for they are used untouched and the outputs do not change.
+
 torchvision internals used (torchvision >= 0.15; checked with 0.29): ``MViT.__init__``'s arguments, its
 submodules ``conv_proj`` (Conv3d patch embedding), ``pos_encoding`` (``PositionalEncoding``: prepends the class
 token; with ``rel_pos_embed=True`` it holds no absolute position embedding), ``blocks`` (``MultiscaleBlock``,
@@ -242,7 +247,8 @@ class MViTEncoder(TimmHooks, nn.Module):
             mask_token: (embed_dim,) / (1, 1, embed_dim) embedding put in the masked positions.
 
         Returns:
-            (B, 1 + N_out, num_features), N_out = prod(output_grid) for the default clip size.
+            (B, 1 + N_out, num_features), N_out = prod(output_grid) for the default clip size (another size: the
+            input's T/2 x H/32 x W/32, rounded up; H/16 x W/16 for the pre-training variant).
         """
         x = self.conv_proj(x)  # (B, C, T', H', W')
         thw = (int(x.shape[2]), int(x.shape[3]), int(x.shape[4]))
