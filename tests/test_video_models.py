@@ -387,3 +387,24 @@ def test_mvit_runs_other_frame_sizes_and_keeps_its_outputs_at_the_size_it_is_bui
         reference = big.eval().forward_features(square)
         assert not resampled  # built for 64 x 64: its tables are used as they are
         assert torch.equal(enc.forward_features(square), reference)
+
+
+def test_video_vit_model_patch_size_sets_the_spatial_tubelet_and_its_hog_target():
+    from maskfeat.builder.models import build_pretrain_model
+    from maskfeat.config import ConfigError, load_config
+
+    video = ["model.name=vit_s", "model.embed_dim=32", "model.depth=2", "model.num_heads=2", f"data.image_size={S}",
+             f"video.num_frames={T}", "target.cell_size=8"]  # fmt: skip
+    model, meta = build_pretrain_model(load_config("pretrain", None, [*video, "model.patch_size=8"]))
+    assert meta["model_args"]["tubelet"] == [2, 8, 8]
+    assert model.output_grid == (T // 2, S // 8, S // 8) and model.target.dim == 3 * 9  # one 8-px HOG cell a patch
+    mask = torch.zeros(2, *model.output_grid, dtype=torch.bool)
+    mask[:, 0] = True
+    loss, pred, target = model(clip(), mask)
+    assert pred.shape == target.shape == (2, T // 2 * (S // 8) ** 2, 27) and torch.isfinite(loss)
+    default, _ = build_pretrain_model(load_config("pretrain", None, video))
+    assert default.output_grid == OUT_GRID  # unset: the 2x16x16 tubelets
+    with pytest.raises(ConfigError, match="patch size 8 is not divisible"):
+        load_config("pretrain", None, [*video, "model.patch_size=8", "target.cell_size=16"])
+    with pytest.raises(ConfigError, match="model.patch_size does not apply to MViT"):
+        load_config("pretrain", None, ["model.name=mvit_v2_s", "data.image_size=32", "model.patch_size=8"])

@@ -78,7 +78,7 @@ class VideoConfig:
 class ModelConfig:
     name: str = "vit_base_patch16_224"  # image: timm ViT (vit_{tiny,small,base,large}_patch16_224, ...);
     # video: vit_s / vit_b / vit_l (2x16x16 tubelets) or mvit_v2_s / mvit_v2_b / mvit_v2_l
-    patch_size: int | None = None  # patch side, pixels (images); null = the architecture's own
+    patch_size: int | None = None  # patch side, pixels (images; video ViT: 2xPxP tubelets); null = the model's own
     embed_dim: int | None = None  # token width; null = the architecture's own
     depth: int | None = None  # number of transformer blocks; null = the architecture's own
     num_heads: int | None = None  # attention heads per block; null = the architecture's own

@@ -40,6 +40,8 @@ def encoder_args(cfg: DictConfig, use: str) -> dict:
             sizes["pretrain"] = use == "pretrain"
             if use != "pretrain":
                 sizes.update(global_pool="avg", fc_norm=use == "finetune")
+        elif m.patch_size:  # video ViT: 2 x patch_size x patch_size tubelets
+            sizes["tubelet"] = (2, m.patch_size, m.patch_size)
         return video_encoder_args(m.name, img_size=cfg.data.image_size, num_frames=cfg.video.num_frames, **sizes)
     args = encoder_model_args(cfg.data.image_size, m.patch_size, m.embed_dim, m.depth, m.num_heads, global_pool="avg")
     if use != "finetune":

@@ -37,7 +37,7 @@ VIDEO_ARCHITECTURES: dict[str, str] = {
     "mvit_v2_s_tv": "mvit",  # torchvision's supervised mvit_v2_s layout (its weights load)
 }
 
-VIDEO_PATCH_SIZE = 16  # the video encoders' spatial patch side, pixels (2x16x16 tubelets)
+VIDEO_PATCH_SIZE = 16  # the video encoders' spatial patch side, pixels (2x16x16 tubelets; video ViT: model.patch_size)
 
 
 def all_architectures() -> list[str]:
@@ -85,7 +85,7 @@ def check_model_settings(cfg: Any, command: str) -> None:
         "(clips per video)",
     )
     _check_masks(cfg.mask, video)
-    patch = VIDEO_PATCH_SIZE if video else encoder_patch_size(m.name, m.patch_size)
+    patch = (m.patch_size or VIDEO_PATCH_SIZE) if video else encoder_patch_size(m.name, m.patch_size)
     _require(patch > 0, f"model.patch_size must be positive, got {patch}")
     size = cfg.data.image_size
     _require(size % patch == 0, f"data.image_size={size} is not divisible by the patch size {patch} (model.patch_size)")
@@ -105,8 +105,8 @@ def _check_video(cfg: Any) -> None:
     )
     frame = cfg.target.frame_index
     _require(0 <= frame < 2, f"target.frame_index must be 0 or 1 (2-frame patches), got {frame}")
-    _require(m.patch_size is None, "model.patch_size is fixed for video models (2x16x16 tubelets)")
     if VIDEO_ARCHITECTURES[m.name] == "mvit":
+        _require(m.patch_size is None, "model.patch_size does not apply to MViT (its patch embedding is fixed)")
         size = cfg.data.image_size
         _require(m.depth is None, "model.depth does not apply to MViT (its stage depths are fixed by size)")
         _require(size % 32 == 0, f"data.image_size must be a multiple of 32 for MViT, got {size}")
