@@ -59,7 +59,8 @@ def describe_run(cfg: DictConfig, what: str, num_items: int, noun: str, folder: 
                  total_batch: int) -> str:  # fmt: skip
     """The line a training command starts with: ``what`` (command, model, size) and the data, processes and lr."""
     size = cfg.train.epoch_size
-    epochs = f"; an epoch is {size} samples ({size / num_items:.3g} passes)" if size and num_items else ""
+    passes = size / num_items if size and num_items else 0
+    epochs = f"; an epoch is {size} samples ({passes:.3g} pass{'' if passes == 1 else 'es'})" if passes else ""
     return (f"{what} on {num_items} {noun} from {folder}{epochs}; {cfg.world_size} process(es) on {device}, batch "
             f"{total_batch}, lr {cfg.train.lr:.3g}")  # fmt: skip
 
