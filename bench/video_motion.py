@@ -15,11 +15,17 @@ and prints the table (best and final top-1 over the validation clips, 2 temporal
     python bench/video_motion.py                      # the CPU setting of BENCHMARKS.md
     python bench/video_motion.py --target pixel --runs-dir runs/video_motion_pixel   # pixel target instead
     python bench/video_motion.py --clips-per-class 50 --pretrain-epochs 2 --finetune-epochs 2   # a smoke run
+    python bench/video_motion.py --runs-dir runs/vm_tube --data-dir runs/video_motion/data --pretrain-set mask.type=tube
+
+``--model-set`` (both runs), ``--pretrain-set`` and ``--finetune-set`` add ``key=value`` overrides. The scratch run
+does not depend on pre-training: it goes to ``runs/video_motion_scratch/<key>``, ``key`` a hash of its settings, so
+experiments with the same model and fine-tune settings share one.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -55,10 +61,11 @@ def run(name: str, cmd: list[str], out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(cmd)}", flush=True)
     t0 = time.time()
-    with open(out.parent / f"{name}.log", "w") as log:
+    log_path = out.parent / f"{out.name}.log"
+    with open(log_path, "w") as log:
         rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if rc != 0:
-        raise SystemExit(f"{name} failed (exit {rc}); see {out.parent / (name + '.log')}")
+        raise SystemExit(f"{name} failed (exit {rc}); see {log_path}")
     return time.time() - t0
 
 
@@ -71,7 +78,15 @@ def summary(out: Path) -> dict:
         "final": evals[-1]["top1"] if evals else None,
         "per_epoch": [round(r["top1"], 1) for r in evals],
         "loss": (train[0]["loss"], train[-1]["loss"]) if train else None,
+        "baseline": (train[0]["baseline"], train[-1]["baseline"]) if train and "baseline" in train[0] else None,
     }
+
+
+def scratch_key(args: argparse.Namespace) -> str:
+    """A short hash of everything the scratch run depends on: the clips, the model and the fine-tune settings."""
+    settings = [str(args.images.resolve()), args.clips_per_class, args.val_clips_per_class, args.finetune_epochs,
+                MODEL, args.model_set, FINETUNE, args.finetune_set]  # fmt: skip
+    return hashlib.sha1(json.dumps(settings).encode()).hexdigest()[:10]
 
 
 def main() -> None:
@@ -84,9 +99,14 @@ def main() -> None:
     ap.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "video_motion")
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--target", default="hog", choices=("hog", "pixel"), help="pre-training target")
+    ap.add_argument("--data-dir", type=Path, default=None, help="where the clips go (default: RUNS_DIR/data)")
+    ap.add_argument("--pretrain-dir", type=Path, default=None, help="the pre-training run (default: RUNS_DIR/pretrain)")
+    for part in ("model", "pretrain", "finetune"):
+        ap.add_argument(f"--{part}-set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help=f"extra overrides for {'both runs' if part == 'model' else part}")  # fmt: skip
     args = ap.parse_args()
 
-    data = args.runs_dir / "data"
+    data = args.data_dir or args.runs_dir / "data"
     t0 = time.time()
     train = sample_video_folder(root=str(data / "train"), split="train", clips_per_class=args.clips_per_class,
                                 frames=16, size=32, photos=str(args.images / "train"))  # fmt: skip
@@ -95,28 +115,31 @@ def main() -> None:
     print(f"clips ready in {time.time() - t0:.0f} s: {train}, {val}", flush=True)
 
     py = [sys.executable, "-m", "maskfeat"]
-    common = [*MODEL, f"data.num_workers={args.num_workers}"]
-    pre, ft, scratch = (args.runs_dir / n for n in ("pretrain", "finetune", "scratch"))
+    common = [*MODEL, *args.model_set, f"data.num_workers={args.num_workers}"]
+    pre, ft = args.pretrain_dir or args.runs_dir / "pretrain", args.runs_dir / "finetune"
+    scratch = args.runs_dir.parent / "video_motion_scratch" / scratch_key(args)
     wall = {}
     wall["pretrain"] = run("pretrain", [*py, "pretrain", "-c", "configs/pretrain/video_demo.yaml", *common, *PRETRAIN,
                                         f"data.path={train}", f"train.epochs={args.pretrain_epochs}",
-                                        f"target.name={args.target}",
+                                        f"target.name={args.target}", *args.pretrain_set,
                                         f"output_dir={pre}"], pre)  # fmt: skip
     tune = [*py, "finetune", "-c", "configs/finetune/video_demo.yaml", *common, *FINETUNE, f"data.path={train}",
-            f"data.val_path={val}", f"train.epochs={args.finetune_epochs}"]  # fmt: skip
+            f"data.val_path={val}", f"train.epochs={args.finetune_epochs}", *args.finetune_set]  # fmt: skip
     wall["finetune"] = run("finetune", [*tune, f"model.checkpoint={pre / 'encoder.safetensors'}",
                                         f"output_dir={ft}"], ft)  # fmt: skip
     wall["scratch"] = run("scratch", [*tune, f"output_dir={scratch}"], scratch)
 
-    print("\n| run | top-1 best | top-1 final | loss first -> last | wall |")
-    print("| --- | ---: | ---: | --- | ---: |")
+    print(f"\nscratch run: {scratch}")
+    print("| run | top-1 best | top-1 final | loss first -> last | baseline first -> last | wall |")
+    print("| --- | ---: | ---: | --- | --- | ---: |")
     for name, out in (("pretrain", pre), ("finetune", ft), ("scratch", scratch)):
         s = summary(out)
         best = "-" if s["best"] is None else f"{s['best']:.1f}"
         final = "-" if s["final"] is None else f"{s['final']:.1f}"
         loss = "-" if s["loss"] is None else f"{s['loss'][0]:.4f} -> {s['loss'][1]:.4f}"
+        base = "-" if s["baseline"] is None else f"{s['baseline'][0]:.4f} -> {s['baseline'][1]:.4f}"
         minutes = wall[name] / 60
-        print(f"| {name} | {best} | {final} | {loss} | {minutes:.1f} min |")
+        print(f"| {name} | {best} | {final} | {loss} | {base} | {minutes:.1f} min |")
     for name, out in (("finetune", ft), ("scratch", scratch)):
         print(f"{name} top-1 per epoch: {summary(out)['per_epoch']}")
     print(f"chance: {100 / 6:.1f}%; machine: {os.cpu_count()} CPUs")
