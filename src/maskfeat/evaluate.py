@@ -72,7 +72,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     if ckpt is not None and ckpt.get("classifier") == "detect":
         out = evaluation_folder(cfg.output_dir)
         return _write_record(cfg, out, path, _evaluate_detector(cfg, ckpt, device, out),
-                             ["detections.csv", "ava_per_class.json"])  # fmt: skip
+                             ("detections.csv", "ava_per_class.json"))  # fmt: skip
     kind, meta, state, classes = _read_classifier(path, ckpt, cfg.model.allow_pickle)
     model = builder.build_classifier(meta, kind)
     model.load_state_dict(state, strict=True)
@@ -89,7 +89,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     return _write_record(cfg, evaluation_folder(cfg.output_dir), path, metrics)
 
 
-def _write_record(cfg: DictConfig, out: str, path: str, metrics: dict, written: list[str] = ()) -> dict:
+def _write_record(cfg: DictConfig, out: str, path: str, metrics: dict, written: tuple[str, ...] = ()) -> dict:
     """config.yaml and a metrics.jsonl row of the evaluation in ``out``; logs the metrics."""
     cfg.output_dir = out
     os.makedirs(out, exist_ok=True)

@@ -57,10 +57,10 @@ def eval_collate(model: ActionDetector) -> Callable:
     return functools.partial(collate_detections, size_divisibility=max(model.strides[1:]))
 
 
-def build_detector(meta: dict, num_classes: int, roi_size: int = 7, dropout: float = 0.0) -> ActionDetector:
+def build_detector(meta: dict, num_classes: int, roi_size: int = 7, dropout: float = 0.0,
+                   drop_path: float = 0.0) -> ActionDetector:  # fmt: skip
     """A detector from an encoder entry ``{"architecture", "model_args"}`` and a box head of ``num_classes``."""
-    encoder = create_encoder(meta["architecture"], meta["model_args"], num_classes=0,
-                             drop_path=meta.get("drop_path", 0.0))  # fmt: skip
+    encoder = create_encoder(meta["architecture"], meta["model_args"], num_classes=0, drop_path=drop_path)
     return ActionDetector(encoder, num_classes, roi_size=roi_size, dropout=dropout)
 
 
@@ -70,7 +70,7 @@ def new_detector(cfg: DictConfig, classes: list[int], names: list[str]) -> tuple
     m, det = cfg.model, cfg.detect
     meta = {"architecture": m.name, "model_args": encoder_args(cfg, "detect"),
             "pretrained_cfg": make_pretrained_cfg(cfg, len(classes), names)}  # fmt: skip
-    model = build_detector({**meta, "drop_path": m.drop_path}, len(classes), det.roi_size, det.dropout)
+    model = build_detector(meta, len(classes), det.roi_size, det.dropout, m.drop_path)
     if m.checkpoint:
         load_pretrained(model.encoder, m.checkpoint, m.allow_pickle)
     else:
