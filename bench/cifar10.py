@@ -85,9 +85,9 @@ def build_commands(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def read_metrics(out: str) -> dict:
-    """Best and final top-1 (evaluation rows), first and last training loss, steps, wall time of a run folder."""
+    """Best, final and every top-1 (evaluation rows), first and last training loss, steps, wall time of a run folder."""
     path = os.path.join(out, "metrics.jsonl")
-    res: dict = {"best": None, "final": None, "loss0": None, "loss": None, "step": None, "wall": None}
+    res: dict = {"best": None, "final": None, "loss0": None, "loss": None, "step": None, "wall": None, "evals": []}
     if not os.path.isfile(path):
         return res
     evals, losses = [], []
@@ -103,7 +103,7 @@ def read_metrics(out: str) -> dict:
                 losses.append(row["loss"])
                 res["step"] = row.get("step")
     if evals:
-        res["best"], res["final"] = max(evals), evals[-1]
+        res["best"], res["final"], res["evals"] = max(evals), evals[-1], evals
     if losses:
         res["loss0"], res["loss"] = losses[0], losses[-1]
     wall = os.path.join(out, "bench_wall.json")

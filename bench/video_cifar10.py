@@ -81,34 +81,16 @@ def make_clips(images: str, out: str, count: int, seed: int) -> str:
 
 
 def plan(args: argparse.Namespace, train: str, test: str) -> dict[str, tuple[list[str], str | None]]:
-    py = [sys.executable, "-m", "maskfeat"]
-    runs_dir = args.runs_dir
-    pre = os.path.join(runs_dir, "pretrain")
-    ft = ["finetune", "-c", "configs/finetune/video_cifar10.yaml", f"data.path={train}", f"data.val_path={test}",
-          f"data.label_fraction={args.label_fraction}", *args.extra]  # fmt: skip
+    """Each part's command line and the part it needs first."""
+    py, out = [sys.executable, "-m", "maskfeat"], lambda name: f"output_dir={os.path.join(args.runs_dir, name)}"
+    encoder = os.path.join(args.runs_dir, "pretrain", "encoder.safetensors")
+    pre = [*py, "pretrain", "-c", "configs/pretrain/video_cifar10.yaml", f"data.path={train}", out("pretrain")]
+    ft = [*py, "finetune", "-c", "configs/finetune/video_cifar10.yaml", f"data.path={train}", f"data.val_path={test}",
+          f"data.label_fraction={args.label_fraction}"]  # fmt: skip
     return {
-        "pretrain": (
-            py
-            + [
-                "pretrain",
-                "-c",
-                "configs/pretrain/video_cifar10.yaml",
-                f"data.path={train}",
-                f"output_dir={pre}",
-                *args.extra,
-            ],
-            None,
-        ),  # fmt: skip
-        "scratch": (py + ft + [f"output_dir={os.path.join(runs_dir, 'scratch')}"], None),
-        "finetune": (
-            py
-            + ft
-            + [
-                f"output_dir={os.path.join(runs_dir, 'finetune')}",
-                f"model.checkpoint={os.path.join(pre, 'encoder.safetensors')}",
-            ],
-            "pretrain",
-        ),  # fmt: skip
+        "pretrain": ([*pre, *args.extra], None),
+        "scratch": ([*ft, *args.extra, out("scratch")], None),
+        "finetune": ([*ft, *args.extra, out("finetune"), f"model.checkpoint={encoder}"], "pretrain"),
     }
 
 
@@ -123,9 +105,10 @@ def table(runs: dict, args: argparse.Namespace) -> str:
         loss = "-" if m["loss"] is None else f"{m['loss0']:.4f} -> {m['loss']:.4f}"
         wall = "-" if m["wall"] is None else f"{m['wall'] / 60:.1f} min"
         rows.append(f"| {name} | {fmt(m['best'])} | {fmt(m['final'])} | {loss} | {m['step']} | {wall} |")
-    lines = ["\n".join(rows), "", "```", *[shlex.join(["python" if c == sys.executable else c for c in cmd])
-                                             for cmd, _ in runs.values()], "```"]  # fmt: skip
-    return "\n".join(lines)
+    curves = [f"- {name}: " + ", ".join(f"{v:g}" for v in read_metrics(os.path.join(args.runs_dir, name))["evals"])
+              for name in runs if name != "pretrain"]  # fmt: skip
+    commands = [shlex.join(["python" if c == sys.executable else c for c in cmd]) for cmd, _ in runs.values()]
+    return "\n".join(["\n".join(rows), "", "Per-epoch top-1:", "", *curves, "", "```", *commands, "```"])
 
 
 def main() -> None:
