@@ -39,8 +39,10 @@ demo-video: install
 	$(PY) -m maskfeat finetune -c configs/finetune/video_demo.yaml output_dir=$(DEMO_DIR)/video_scratch
 	@echo "What the video demo shows: the video pipeline end to end, and that pre-training learnt to predict the masked"
 	@echo "HOG of the embedded clips (its loss against predicting the mean HOG). The fine-tune asks which camera motion"
-	@echo "a clip shows (6 classes, chance 16.7%, 24 validation clips): 72 training clips and 8 epochs are too few for"
-	@echo "either model to learn it, and both end near chance; bench/video_motion.py compares them with 1,200 clips."
+	@echo "a clip shows (6 classes, chance 16.7%, 24 validation clips): 72 training clips are too few for either model"
+	@echo "to learn it (8 epochs here; 40 did no better from the pre-training), and both end near chance. With more"
+	@echo "clips pre-training helps: bench/video_motion.py (1,200 clips, motions) and bench/video_cifar10.py (5,000"
+	@echo "clips, classes); results in BENCHMARKS.md."
 	$(PY) bench/compare_runs.py --pretrain $(DEMO_DIR)/video_pretrain $(DEMO_DIR)/video_finetune $(DEMO_DIR)/video_scratch
 
 demo-detect: install
