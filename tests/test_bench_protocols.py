@@ -60,3 +60,21 @@ def test_filmed_clips_move_over_the_image_and_decode_as_16_frames(cifar_like, tm
     assert len(clips) == 6 and {p.parent.name for p in clips} == {"class0", "class1", "class2"}
     reader = open_reader(str(clips[0]))
     assert reader.info.num_frames == 16 and (reader.info.width, reader.info.height) == (32, 32)
+
+
+def test_the_two_video_fine_tunes_differ_only_in_their_start_and_folder():
+    """The scratch baseline is the pre-trained fine-tune's command without model.checkpoint, and pre-training never
+    sees the labels: what the appearance table compares."""
+    import argparse
+
+    args = argparse.Namespace(runs_dir="runs/x", label_fraction=0.1, extra=["seed=3"])
+    runs = video_cifar10.plan(args, "clips/train", "clips/test")
+    (pre, _), (scratch, _), (ft, need) = runs["pretrain"], runs["scratch"], runs["finetune"]
+    assert need == "pretrain" and runs["scratch"][1] is None
+    assert set(ft) - set(scratch) == {
+        "output_dir=runs/x/finetune",
+        "model.checkpoint=runs/x/pretrain/encoder.safetensors",
+    }
+    assert set(scratch) - set(ft) == {"output_dir=runs/x/scratch"}
+    assert "output_dir=runs/x/pretrain" in pre and "seed=3" in pre and "seed=3" in ft
+    assert not any(a.startswith(("data.val_path", "data.label_fraction")) for a in pre)
