@@ -69,6 +69,12 @@ def make_clips(images: str, out: str, count: int, seed: int) -> str:
     """``out/<class>/<NNNNN>.mp4``: ``count`` clips of class-balanced images of ``images`` (made once)."""
     done = os.path.join(out, ".complete")
     if os.path.isfile(done):
+        with open(done) as f:
+            made = f.read().strip()
+        if made != str(count):
+            raise SystemExit(
+                f"{out} holds {made or 'an unknown number of'} clips, not {count}: pass another --runs-dir"
+            )
         return out
     rng = np.random.default_rng([seed, 13])
     for n, (c, name) in enumerate(balanced_order(class_files(images), seed)[:count]):
@@ -76,7 +82,8 @@ def make_clips(images: str, out: str, count: int, seed: int) -> str:
         with Image.open(os.path.join(images, c, name)) as im:
             frames = film(np.asarray(im.convert("RGB")), camera(rng))
         _write_mp4(os.path.join(out, c, f"{n:05d}.mp4"), frames, fps=FRAMES)
-    open(done, "w").close()
+    with open(done, "w") as f:
+        f.write(str(count))
     return out
 
 
@@ -100,13 +107,12 @@ def table(runs: dict, args: argparse.Namespace) -> str:
         "| run | top-1 best | top-1 final | loss first -> last | steps | wall |",
         "| --- | ---: | ---: | --- | ---: | ---: |",
     ]
-    for name in runs:
-        m = read_metrics(os.path.join(args.runs_dir, name))
+    metrics = {name: read_metrics(os.path.join(args.runs_dir, name)) for name in runs}
+    for name, m in metrics.items():
         loss = "-" if m["loss"] is None else f"{m['loss0']:.4f} -> {m['loss']:.4f}"
         wall = "-" if m["wall"] is None else f"{m['wall'] / 60:.1f} min"
         rows.append(f"| {name} | {fmt(m['best'])} | {fmt(m['final'])} | {loss} | {m['step']} | {wall} |")
-    curves = [f"- {name}: " + ", ".join(f"{v:g}" for v in read_metrics(os.path.join(args.runs_dir, name))["evals"])
-              for name in runs if name != "pretrain"]  # fmt: skip
+    curves = [f"- {name}: " + ", ".join(f"{v:g}" for v in m["evals"]) for name, m in metrics.items() if m["evals"]]
     commands = [shlex.join(["python" if c == sys.executable else c for c in cmd]) for cmd, _ in runs.values()]
     return "\n".join(["\n".join(rows), "", "Per-epoch top-1:", "", *curves, "", "```", *commands, "```"])
 

@@ -60,6 +60,9 @@ def test_filmed_clips_move_over_the_image_and_decode_as_16_frames(cifar_like, tm
     assert len(clips) == 6 and {p.parent.name for p in clips} == {"class0", "class1", "class2"}
     reader = open_reader(str(clips[0]))
     assert reader.info.num_frames == 16 and (reader.info.width, reader.info.height) == (32, 32)
+    assert video_cifar10.make_clips(str(cifar_like / "test"), out, 6, seed=0) == out  # made once, then reused
+    with pytest.raises(SystemExit, match="holds 6 clips, not 9"):  # never a folder of another size
+        video_cifar10.make_clips(str(cifar_like / "test"), out, 9, seed=0)
 
 
 def test_the_two_video_fine_tunes_differ_only_in_their_start_and_folder():
